@@ -1,0 +1,2 @@
+def test_hostname(host):
+    assert host.check_output("hostname") == "mol-common"

@@ -1,0 +1,45 @@
+"""The opsbook command line: one small module per verb, no logic that a playbook user would miss."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from opsbook import __version__
+from opsbook.commands import lab_cmd, provision
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opsbook",
+        formatter_class=_Formatter,
+        description="Take Debian 12 hosts to production and keep them there.",
+        epilog=(
+            "examples:\n"
+            "  opsbook lab up                      boot the local lab hosts\n"
+            "  opsbook provision                   harden every lab host\n"
+            "  opsbook provision --check           show what would change, change nothing\n"
+            "  opsbook provision -i inventories/prod --limit web1\n"
+            "\nexit codes: 0 ok, 1 usage or lab error, 2 a task failed, 3 a host was unreachable"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"opsbook {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    provision.register(sub, _Formatter)
+    lab_cmd.register(sub, _Formatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
