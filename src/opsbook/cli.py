@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from opsbook import __version__
-from opsbook.commands import lab_cmd, provision
+from opsbook.commands import demo, lab_cmd, provision
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take Debian 12 hosts to production and keep them there.",
         epilog=(
             "examples:\n"
+            "  opsbook demo                        everything, end to end, on the lab\n"
             "  opsbook lab up                      boot the local lab hosts\n"
             "  opsbook provision                   harden every lab host\n"
             "  opsbook provision --check           show what would change, change nothing\n"
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     provision.register(sub, _Formatter)
     lab_cmd.register(sub, _Formatter)
+    demo.register(sub, _Formatter)
     return parser
 
 

@@ -81,10 +81,12 @@ class Progress:
         if kind == "playbook_on_play_start":
             self.play = data.get("play", "")
         elif kind == "playbook_on_task_start":
-            self.task = data.get("task", "")
+            role = data.get("role")
+            self.task = f"{role} : {data.get('task', '')}" if role else data.get("task", "")
         elif kind.startswith("runner_on_") and host and kind != "runner_on_start":
             t = self.hosts[host]
-            t.task = data.get("task", "")
+            role = data.get("role")
+            t.task = f"{role} : {data.get('task', '')}" if role else data.get("task", "")
             res = data.get("res") or {}
             if kind == "runner_on_ok":
                 if isinstance(res, dict) and res.get("changed"):

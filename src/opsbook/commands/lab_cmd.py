@@ -109,5 +109,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ssh(args: argparse.Namespace) -> int:
     cmd = lab.ssh_command(args.host, [c for c in args.command if c != "--"])
-    cmd.insert(1, "-t") if not args.command else None
-    os.execvp(cmd[0], cmd)
+    if not args.command:
+        cmd.insert(1, "-t")
+    os.execvp(cmd[0], cmd)  # noqa: S606 - replaces this process with ssh, no shell involved

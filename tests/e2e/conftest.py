@@ -1,0 +1,87 @@
+"""Lab fixtures: ad-hoc lab hosts and an inventory for them, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opsbook import lab
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@dataclass
+class LabEnv:
+    hosts: dict[str, lab.Host]
+    inventory: Path
+
+    def ip(self, name: str) -> str:
+        return self.hosts[name].ip
+
+    def ssh(self, name: str, cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([*lab.ssh_command(name), cmd], capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{name}: {cmd!r} failed ({res.returncode}): {res.stderr}{res.stdout}")
+        return res
+
+    def opsbook(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        return run_opsbook(*args, "-i", str(self.inventory), timeout=timeout)
+
+
+def run_opsbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OPSBOOK_ROOT=str(ROOT), NO_COLOR="1", COLUMNS="200")
+    return subprocess.run([shutil.which("opsbook") or "opsbook", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def last_report(verb: str) -> dict[str, object]:
+    runs = sorted((ROOT / ".opsbook" / "runs").glob(f"*-{verb}*.json"), key=lambda p: p.stat().st_mtime)
+    assert runs, f"no {verb} report written"
+    data: dict[str, object] = json.loads(runs[-1].read_text())
+    return data
+
+
+def make_inventory(path: Path, groups: dict[str, list[lab.Host]], extra_vars: dict[str, object] | None = None) -> Path:
+    """A lab-shaped inventory directory: the lab's group_vars plus the given hosts (and test overrides)."""
+    path.mkdir(parents=True, exist_ok=True)
+    children = {g: {"hosts": {h.name: {"ansible_host": h.ip} for h in hs}} for g, hs in groups.items()}
+    (path / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": children, "vars": extra_vars or {}}}))
+    gv = path / "group_vars"
+    if not gv.exists():
+        shutil.copytree(ROOT / "inventories" / "lab" / "group_vars", gv)
+    return path
+
+
+def boot(names: list[str]) -> dict[str, lab.Host]:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    hosts = lab.up([lab.Host(name=n, ip="") for n in names], progress=False)
+    return {h.name: h for h in hosts}
+
+
+@pytest.fixture(scope="session")
+def web_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
+    """A fresh target (e2e-web) and a second host to test from (e2e-client), provisioned once per session."""
+    names = ["e2e-web", "e2e-client"]
+    hosts = boot(names)
+    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab",
+                         {"web": [hosts["e2e-web"]], "lab_clients": [hosts["e2e-client"]]},
+                         {"fail2ban_bantime": 60})
+    try:
+        yield LabEnv(hosts, inv)
+    finally:
+        lab.down(names, progress=False)
