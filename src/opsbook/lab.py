@@ -50,6 +50,11 @@ BASE_PACKAGES = [
     "procps",
     "ca-certificates",
 ]
+ACME_DIR_PORT = 14000
+ACME_MGMT_PORT = 15000
+DNS_PORT = 8053
+DNS_MGMT_PORT = 8055
+LAB_DOMAIN = "opsbook.test"  # lab hosts are <name>.opsbook.test in the ACME server's mock DNS
 # Bump when the recipe below changes: it is part of the base image's cache key.
 BASE_RECIPE_VERSION = "3"
 
@@ -89,7 +94,8 @@ def require_root() -> None:
 
 
 def require_tools() -> None:
-    missing = [t for t in ("systemd-nspawn", "debootstrap", "apt-cacher-ng", "ip", "ssh", "ssh-keygen")
+    missing = [t for t in ("systemd-nspawn", "debootstrap", "apt-cacher-ng", "ip", "ssh", "ssh-keygen", "openssl",
+                           "pebble", "pebble-challtestsrv")
                if shutil.which(t) is None]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)}; run scripts/bootstrap.sh first")
@@ -308,6 +314,108 @@ def _terminate(pid: int, grace: float) -> None:
         time.sleep(0.1)
 
 
+# --------------------------------------------------------------------------- ACME server (Pebble)
+
+
+def pebble_dir() -> Path:
+    return STATE_DIR / "pebble"
+
+
+def acme_directory_url() -> str:
+    return f"https://{GATEWAY}:{ACME_DIR_PORT}/dir"
+
+
+def acme_ca_file() -> Path:
+    """The CA that signed Pebble's own listener certificate: what ACME clients must trust to talk to Pebble."""
+    return pebble_dir() / "ca.pem"
+
+
+def _ensure_pebble_tls() -> None:
+    d = pebble_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "cert.pem").exists() and (d / "ca.pem").exists():
+        return
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=opsbook lab CA",
+         "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem")])
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pebble", "-keyout", str(d / "key.pem"),
+         "-out", str(d / "cert.csr")])
+    (d / "ext.cnf").write_text(f"subjectAltName=IP:{GATEWAY},IP:127.0.0.1,DNS:pebble,DNS:localhost\n"
+                               "extendedKeyUsage=serverAuth\n")
+    run(["openssl", "x509", "-req", "-in", str(d / "cert.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
+         str(d / "ca.key"), "-CAcreateserial", "-days", "3650", "-extfile", str(d / "ext.cnf"),
+         "-out", str(d / "cert.pem")])
+    for f in ("ca.key", "key.pem"):
+        os.chmod(d / f, 0o600)
+
+
+def ensure_pebble(cert_seconds: int | None = None) -> None:
+    """Pebble (ACME directory on the gateway) and its mock DNS. cert_seconds makes short-lived certificates."""
+    _ensure_pebble_tls()
+    d = pebble_dir()
+    conf: dict[str, object] = {
+        "listenAddress": f"{GATEWAY}:{ACME_DIR_PORT}",
+        "managementListenAddress": f"{GATEWAY}:{ACME_MGMT_PORT}",
+        "certificate": str(d / "cert.pem"),
+        "privateKey": str(d / "key.pem"),
+        "httpPort": 80,
+        "tlsPort": 443,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }
+    if cert_seconds:
+        conf["certificateValidityPeriod"] = cert_seconds
+    text = json.dumps({"pebble": conf}, indent=2)
+    conf_file = d / "pebble-config.json"
+    same = conf_file.exists() and conf_file.read_text() == text
+    if not _infra_pid("challtestsrv"):
+        _spawn("challtestsrv", [
+            "pebble-challtestsrv", "-dns01", f"{GATEWAY}:{DNS_PORT}", "-http01", "", "-https01", "",
+            "-tlsalpn01", "", "-management", f"{GATEWAY}:{DNS_MGMT_PORT}", "-defaultIPv4", "", "-defaultIPv6", "",
+        ], RUN_DIR / "challtestsrv.log")
+        _wait_port(DNS_MGMT_PORT, "pebble-challtestsrv", RUN_DIR / "challtestsrv.log")
+    if _infra_pid("pebble") and (same or cert_seconds is None):
+        return
+    stop_infra("pebble")
+    conf_file.write_text(text)
+    env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
+    log = RUN_DIR / "pebble.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["pebble", "-config", str(conf_file), "-dnsserver", f"{GATEWAY}:{DNS_PORT}"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
+    _infra_pidfile("pebble").write_text(str(proc.pid))
+    _wait_port(ACME_DIR_PORT, "pebble", log)
+
+
+def _wait_port(port: int, what: str, log: Path) -> None:
+    for _ in range(100):
+        if port_open(str(GATEWAY), port, 0.2):
+            return
+        time.sleep(0.1)
+    raise LabError(f"{what} did not start; see {log}")
+
+
+def register_dns(hosts: list[Host]) -> None:
+    """A records in the mock DNS: <name>.opsbook.test -> the host's lab address."""
+    import urllib.request
+
+    for h in hosts:
+        body = json.dumps({"host": f"{h.name}.{LAB_DOMAIN}.", "addresses": [h.ip]}).encode()
+        req = urllib.request.Request(f"http://{GATEWAY}:{DNS_MGMT_PORT}/add-a", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - fixed lab address
+            resp.read()
+
+
+def pebble_root() -> str:
+    """Pebble's current issuing root (it changes at every Pebble start)."""
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(acme_ca_file()))
+    with urllib.request.urlopen(f"https://{GATEWAY}:{ACME_MGMT_PORT}/roots/0", context=ctx, timeout=5) as r:
+        return str(r.read().decode())
+
+
 # --------------------------------------------------------------------------- base image
 
 
@@ -501,13 +609,18 @@ def stop_host(h: Host) -> None:
 # --------------------------------------------------------------------------- public operations
 
 
-def up(hosts: list[Host], progress: bool = True) -> list[Host]:
-    """Boot the given hosts (idempotent: running ones are left alone). Returns their state."""
+def up(hosts: list[Host], progress: bool = True, acme_cert_seconds: int | None = None) -> list[Host]:
+    """Boot the given hosts (idempotent: running ones are left alone). Returns their state.
+
+    Also makes sure the lab's services run: bridge, apt proxy, Pebble (ACME) with its mock DNS.
+    acme_cert_seconds: make Pebble issue certificates valid that long (restarts Pebble when it changes).
+    """
     require_root()
     require_tools()
     with lock():
         ensure_bridge()
         ensure_apt_proxy()
+        ensure_pebble(acme_cert_seconds)
         ensure_ssh_key()
         base = ensure_base(progress)
         running = {h.name: h for h in load_hosts()}
@@ -536,6 +649,7 @@ def up(hosts: list[Host], progress: bool = True) -> list[Host]:
             started.append(h)
             result.append(h)
         _write_known_hosts()
+        register_dns(load_hosts())
     for h in started:
         wait_ssh(h)
     return result
@@ -552,7 +666,8 @@ def down(names: list[str] | None = None, progress: bool = True) -> None:
                 stop_host(h)
         _write_known_hosts()
         if not load_hosts():
-            stop_infra("apt-cacher-ng")
+            for name in ("pebble", "challtestsrv", "apt-cacher-ng"):
+                stop_infra(name)
             if bridge_exists():
                 run(["ip", "link", "del", BRIDGE], check=False)
 
@@ -571,6 +686,7 @@ def infra_status() -> dict[str, object]:
     return {
         "bridge": bridge_exists(),
         "apt_proxy": bool(_infra_pid("apt-cacher-ng")),
+        "acme": acme_directory_url() if _infra_pid("pebble") else None,
         "base_image": str(base_dir()) if (base_dir() / ".opsbook-base").exists() else None,
     }
 

@@ -25,6 +25,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
             "  opsbook lab up                  boot every host of inventories/lab\n"
             "  opsbook lab up web1             boot one of them\n"
             "  opsbook lab up --adhoc t1 t2    boot hosts not in the inventory (addresses .100-.199)\n"
+            "  opsbook lab up --acme-cert-seconds 120   short-lived certificates\n"
             "  opsbook lab status --json\n"
             "  opsbook lab ssh web1 -- uptime\n"
             "  opsbook lab down                stop everything, leave nothing behind"
@@ -36,6 +37,8 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     up.add_argument("--adhoc", nargs="+", default=[], metavar="NAME", help="boot extra hosts not in the inventory")
     up.add_argument("-i", "--inventory", help="lab inventory (default: inventories/lab)")
     up.add_argument("--json", action="store_true", help="print the booted hosts as JSON")
+    up.add_argument("--acme-cert-seconds", type=int, metavar="N",
+                    help="make the lab's ACME server (Pebble) issue certificates valid N seconds (renewal tests)")
     up.set_defaults(func=cmd_up)
     down = lsub.add_parser("down", help="stop hosts; with none named, the whole lab")
     down.add_argument("hosts", nargs="*")
@@ -64,7 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         declared = []
     wanted = declared + [lab.Host(name=n, ip="") for n in args.adhoc]
     try:
-        hosts = lab.up(wanted, progress=not args.json)
+        hosts = lab.up(wanted, progress=not args.json, acme_cert_seconds=args.acme_cert_seconds)
     except lab.LabError as e:
         Console(stderr=True).print(f"[red]lab up failed:[/] {e}", highlight=False)
         return 1
@@ -95,6 +98,7 @@ def _print_status() -> None:
     infra = lab.infra_status()
     Console().print(f"bridge {lab.BRIDGE}: {'up' if infra['bridge'] else 'absent'}; "
                     f"apt proxy: {'running' if infra['apt_proxy'] else 'stopped'}; "
+                    f"ACME: {infra['acme'] or 'stopped'}; "
                     f"base image: {infra['base_image'] or 'not built'}", highlight=False)
 
 
