@@ -565,8 +565,11 @@ def start_host(h: Host, base: Path) -> Host:
         "--resolv-conf=off",
         "--timezone=off",
     ]
+    # /proc/sys/net of the host's own network namespace writable (net.* sysctls), the rest of /proc/sys read-only
+    env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                env=env)
     h.pid = proc.pid
     save_host(h)
     return h

@@ -160,6 +160,8 @@ def run_playbook(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     artifacts = paths.state_dir() / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
+    _prune(artifacts, keep=20)
+    (artifacts / run_id).mkdir()
     console = Console(stderr=True, quiet=quiet)
     progress = Progress()
     envvars = {
@@ -191,7 +193,6 @@ def run_playbook(
             event_handler=on_event,
             quiet=True,
             ident=run_id,
-            rotate_artifacts=20,
         )
         live.update(progress.table())
     seconds = time.monotonic() - start
@@ -223,6 +224,15 @@ def run_playbook(
     if not quiet:
         summarize(console, result, progress)
     return result
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Keep the newest runner artifact directories (one per run); the JSON reports are kept forever."""
+    import shutil
+
+    old = sorted((d for d in directory.iterdir() if d.is_dir()), key=lambda d: d.name)[:-keep or None]
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def summarize(console: Console, result: RunResult, progress: Progress) -> None:
