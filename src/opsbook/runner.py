@@ -57,6 +57,11 @@ def _event_message(data: dict[str, Any]) -> str:
         return str(res)
     if res.get("_ansible_no_log"):
         return "(output hidden: no_log)"
+    items = res.get("results")
+    if isinstance(items, list):  # a loop: the failed items say what went wrong
+        msgs = [_event_message({"res": i}) for i in items if isinstance(i, dict) and i.get("failed")]
+        if msgs:
+            return "; ".join(msgs)
     for key in ("msg", "stderr", "module_stderr"):
         val = res.get(key)
         if val:

@@ -28,6 +28,17 @@ def test_progress_tallies_per_host() -> None:
     assert [f["message"] for f in p.failures] == ["boom", "unreachable: timed out"]
 
 
+def test_failed_loop_items_give_the_message() -> None:
+    p = runner.Progress()
+    res = {"msg": "One or more items failed", "results": [
+        {"failed": False, "msg": "fine"},
+        {"failed": True, "msg": "x_ports must be a list"},
+        {"failed": True, "msg": "secret", "_ansible_no_log": True},
+    ]}
+    p.handle(ev("runner_on_failed", host="a", task="check", res=res))
+    assert p.failures[0]["message"] == "x_ports must be a list; (output hidden: no_log)"
+
+
 def test_no_log_output_is_never_kept() -> None:
     p = runner.Progress()
     p.handle(ev("runner_on_failed", host="a", task="secret", res={"msg": "hunter2", "_ansible_no_log": True}))

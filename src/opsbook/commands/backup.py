@@ -1,0 +1,84 @@
+"""opsbook backup: verified backups on the database hosts (playbooks/backup.yml → opsbook-backup on each host)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from opsbook import runner
+from opsbook.commands.provision import parse_extravars
+
+TASK = "Run opsbook-backup"
+
+
+def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    p = sub.add_parser(
+        "backup",
+        help="run, verify, list or restore database backups",
+        formatter_class=formatter,
+        description=(
+            "Run playbooks/backup.yml: the opsbook-backup command on the database hosts. A backup counts only once "
+            "it has been restored into a scratch database and its tables and row counts match its manifest."
+        ),
+        epilog=(
+            "examples:\n"
+            "  opsbook backup run                  dump, verify by restoring, copy off-host, prune\n"
+            "  opsbook backup list\n"
+            "  opsbook backup verify               verify the newest dump again\n"
+            "  opsbook backup verify shop-20260101T023000Z.dump\n"
+            "  opsbook backup restore shop-20260101T023000Z.dump --yes-overwrite-live --limit db1"
+        ),
+    )
+    p.add_argument("action", choices=["run", "verify", "list", "restore"])
+    p.add_argument("file", nargs="?", help="dump file name (verify: default the newest; restore: required)")
+    p.add_argument("--database", default="", help="database (default: the only one configured on each host)")
+    p.add_argument("--yes-overwrite-live", action="store_true",
+                   help="restore: replace the LIVE database with the backup's contents")
+    p.add_argument("-i", "--inventory", help="inventory path (default: inventories/lab)")
+    p.add_argument("-l", "--limit", help="limit to hosts or groups (Ansible pattern)")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra variable (repeatable); values are YAML")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "restore" and not args.file:
+        raise SystemExit("opsbook backup restore: name the dump file to restore (see `opsbook backup list`)")
+    if args.action == "restore" and not args.yes_overwrite_live:
+        raise SystemExit("opsbook backup restore replaces the live database: add --yes-overwrite-live to do it")
+    extravars = {
+        "opsbook_backup_action": args.action,
+        "opsbook_backup_file": args.file or "",
+        "opsbook_backup_database": args.database,
+        "opsbook_backup_yes_overwrite_live": bool(args.yes_overwrite_live),
+        **parse_extravars(args.extra_vars),
+    }
+    result = runner.run_playbook("backup.yml", inventory=args.inventory, limit=args.limit, extravars=extravars,
+                                 verb=f"backup-{args.action}", quiet=args.quiet)
+    for host, out in sorted(command_output(result.report).items()):
+        print(f"== {host}")
+        if out.strip():
+            print(out.rstrip())
+    return runner.exit_code(result)
+
+
+def command_output(report: Path) -> dict[str, str]:
+    """stdout and stderr of the opsbook-backup task per host, read from the run's ansible-runner events."""
+    try:
+        artifacts = Path(json.loads(report.read_text())["artifacts"])
+    except (OSError, ValueError, KeyError):
+        return {}
+    out: dict[str, str] = {}
+    for path in sorted(artifacts.glob("**/job_events/*.json")):
+        try:
+            event = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        data = event.get("event_data") or {}
+        if event.get("event") in ("runner_on_ok", "runner_on_failed") and data.get("task") == TASK:
+            res = data.get("res") or {}
+            out[data.get("host", "?")] = "\n".join(s for s in (res.get("stdout"), res.get("stderr")) if s)
+    return out
