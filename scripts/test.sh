@@ -30,4 +30,5 @@ cleanup() { opsbook lab down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 step "lab tests: molecule scenarios and end-to-end (lab hosts)"
-pytest -ra -v -p no:cacheprovider tests/e2e tests/molecule
+# two workers: lab hosts of different tests run side by side; tests sharing lab hosts share a worker
+pytest -ra -v -p no:cacheprovider -n 2 --dist loadgroup tests/e2e tests/molecule

@@ -243,6 +243,9 @@ def _prune(directory: Path, keep: int) -> None:
 def summarize(console: Console, result: RunResult, progress: Progress) -> None:
     for f in progress.failures:
         console.print(f"[red]FAILED[/] {f['host']} · {f['task']}: {f['message']}", highlight=False)
+    if any(t.unreachable for t in result.hosts.values()):
+        console.print("[yellow]hint:[/] an unreachable host stopped where it was; configs are replaced atomically and "
+                      "validated, so none is half-written. Restore SSH access and run again.", highlight=False)
     word = "[green]ok[/]" if result.ok else "[red]failed[/]"
     console.print(f"{result.playbook}: {word} in {result.seconds:.1f} s — report {result.report}")
 

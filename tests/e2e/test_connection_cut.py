@@ -14,6 +14,8 @@ import pytest
 from opsbook import lab
 from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory
 
+pytestmark = pytest.mark.xdist_group("cut")
+
 CUT_SECONDS = 30
 
 
