@@ -26,7 +26,17 @@ pytest -q tests/unit
 
 [ "$tier" = fast ] && exit 0
 
-cleanup() { opsbook lab down >/dev/null 2>&1 || true; }
+# Safety net for an aborted run: tests and molecule stop their own hosts. In CI the machine is ours: stop the
+# whole lab; on a developer's machine stop only the end-to-end tests' hosts (others may be in use).
+cleanup() {
+  if [ -n "${CI:-}" ]; then
+    opsbook lab down >/dev/null 2>&1 || true
+  else
+    mapfile -t mine < <(opsbook lab status --json 2>/dev/null | python3 -c \
+      'import json,sys; print("\n".join(h["name"] for h in json.load(sys.stdin)["hosts"] if h["name"].startswith(("e2e-", "lc1"))))' || true)
+    [ ${#mine[@]} -gt 0 ] && [ -n "${mine[0]}" ] && opsbook lab down "${mine[@]}" >/dev/null 2>&1 || true
+  fi
+}
 trap cleanup EXIT
 
 step "lab tests: molecule scenarios and end-to-end (lab hosts)"
