@@ -11,7 +11,7 @@ fi
 
 APT_PACKAGES=(
   systemd-container debootstrap apt-cacher-ng iproute2 nftables openssh-client sshpass
-  python3-venv python3-dev ca-certificates curl pebble wrk lynis
+  python3-venv python3-dev ca-certificates curl pebble wrk lynis postgresql-client
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -40,5 +40,6 @@ cleanup() {
 trap cleanup EXIT
 
 step "lab tests: molecule scenarios and end-to-end (lab hosts)"
-# two workers: lab hosts of different tests run side by side; tests sharing lab hosts share a worker
-pytest -ra -v -p no:cacheprovider -n 2 --dist loadgroup tests/e2e tests/molecule
+# two workers: lab hosts of different tests run side by side; a module (e2e) or class (one molecule scenario)
+# stays on one worker, so tests that share lab hosts never run apart
+pytest -ra -v -p no:cacheprovider -n 2 --dist loadscope tests/e2e tests/molecule

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from opsbook import __version__
-from opsbook.commands import demo, lab_cmd, provision
+from opsbook.commands import backup, demo, lab_cmd, provision
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"opsbook {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     provision.register(sub, _Formatter)
+    backup.register(sub, _Formatter)
     lab_cmd.register(sub, _Formatter)
     demo.register(sub, _Formatter)
     return parser

@@ -145,6 +145,27 @@ def known_hosts() -> Path:
     return STATE_DIR / "ssh" / "known_hosts"
 
 
+def secrets_dir() -> Path:
+    return STATE_DIR / "secrets"
+
+
+LAB_SECRETS = ("postgresql_app_password",)
+
+
+def ensure_secrets() -> None:
+    """Random lab secrets in 0600 files (the lab inventory reads them with a file lookup; none is in git)."""
+    import secrets as _secrets
+
+    d = secrets_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in LAB_SECRETS:
+        f = d / name
+        if not f.exists():
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(_secrets.token_urlsafe(24))
+
+
 def ensure_ssh_key() -> Path:
     key = ssh_key()
     if not key.exists():
@@ -625,6 +646,7 @@ def up(hosts: list[Host], progress: bool = True, acme_cert_seconds: int | None =
         ensure_apt_proxy()
         ensure_pebble(acme_cert_seconds)
         ensure_ssh_key()
+        ensure_secrets()
         base = ensure_base(progress)
         running = {h.name: h for h in load_hosts()}
         taken = {h.ip for h in running.values()}

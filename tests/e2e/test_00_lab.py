@@ -6,12 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from opsbook import lab
 from tests.e2e.conftest import run_opsbook
-
-pytestmark = pytest.mark.xdist_group("lab-cycle")
 
 
 def inventory(tmp_path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -13,8 +14,6 @@ import pytest
 
 from opsbook import lab
 from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory
-
-pytestmark = pytest.mark.xdist_group("cut")
 
 CUT_SECONDS = 30
 
@@ -48,17 +47,21 @@ def test_cut_mid_run_fails_cleanly_and_next_run_converges(cut_lab: LabEnv) -> No
     lines: list[str] = []
     restored = threading.Event()
     cutter: threading.Thread | None = None
+    trigger = ""
     for line in proc.stdout:
         lines.append(line)
         # cut while the sshd role writes its configuration
-        if cutter is None and "sshd :" in line:
+        if cutter is None and re.search(r"\] sshd : ", line):
+            trigger = line
             cutter = threading.Thread(target=cut_link, args=(host.veth, CUT_SECONDS, restored))
             cutter.start()
     rc = proc.wait(timeout=900)
+    if cutter is not None:
+        cutter.join(CUT_SECONDS + 30)  # the link is back before anything else happens
     output = "".join(lines)
     assert cutter is not None, f"never reached the sshd role:\n{output}"
     restored.wait(CUT_SECONDS + 30)
-    assert rc == 3, f"expected exit 3 (unreachable), got {rc}:\n{output}"
+    assert rc == 3, f"expected exit 3 (unreachable), got {rc}; cut at {trigger!r}:\n{output}"
     assert "e2e-cut" in output and "unreachable" in output.lower()
 
     # nothing half-written: every config that the roles own still parses, no temp files beside them

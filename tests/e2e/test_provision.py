@@ -12,8 +12,6 @@ import pytest
 import opsbook.portscan
 from tests.e2e.conftest import LabEnv, last_report
 
-pytestmark = pytest.mark.xdist_group("provision")
-
 PORTSCAN = Path(opsbook.portscan.__file__)
 
 
