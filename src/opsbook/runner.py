@@ -172,7 +172,8 @@ def run_playbook(
     envvars = {
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
         "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": os.environ.get("PATH", ""),
+        # the ansible-* commands of the environment opsbook runs in, even when it is called by its full path
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     start = time.monotonic()
     with Live(progress.table(), console=console, refresh_per_second=4, transient=False,
