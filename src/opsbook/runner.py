@@ -184,7 +184,7 @@ def run_playbook(
             if console.is_terminal:
                 live.update(progress.table())
             elif event.get("event") == "playbook_on_task_start" and not quiet:
-                console.print(f"  [{progress.play}] {progress.task}", highlight=False)
+                console.print(f"  [{progress.play}] {progress.task}", highlight=False, soft_wrap=True, markup=False)
             return True
 
         r = ansible_runner.run(
