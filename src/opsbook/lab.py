@@ -54,7 +54,8 @@ ACME_DIR_PORT = 14000
 ACME_MGMT_PORT = 15000
 DNS_PORT = 8053
 DNS_MGMT_PORT = 8055
-LAB_DOMAIN = "opsbook.test"  # lab hosts are <name>.opsbook.test in the ACME server's mock DNS
+LAB_DOMAIN = "opsbook.test"
+DEFAULT_CERT_SECONDS = 90 * 24 * 3600  # lab hosts are <name>.opsbook.test in the ACME server's mock DNS
 # Bump when the recipe below changes: it is part of the base image's cache key.
 BASE_RECIPE_VERSION = "3"
 
@@ -383,8 +384,8 @@ def ensure_pebble(cert_seconds: int | None = None) -> None:
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
     }
-    if cert_seconds:
-        conf["certificateValidityPeriod"] = cert_seconds
+    # 90 days like Let's Encrypt (Pebble's own default, 5 years, fails Mozilla's maximum lifespan check)
+    conf["certificateValidityPeriod"] = cert_seconds or DEFAULT_CERT_SECONDS
     text = json.dumps({"pebble": conf}, indent=2)
     conf_file = d / "pebble-config.json"
     same = conf_file.exists() and conf_file.read_text() == text
@@ -418,13 +419,20 @@ def _wait_port(port: int, what: str, log: Path) -> None:
 
 def register_dns(hosts: list[Host]) -> None:
     """A records in the mock DNS: <name>.opsbook.test -> the host's lab address."""
-    import urllib.request
 
     for h in hosts:
-        body = json.dumps({"host": f"{h.name}.{LAB_DOMAIN}.", "addresses": [h.ip]}).encode()
-        req = urllib.request.Request(f"http://{GATEWAY}:{DNS_MGMT_PORT}/add-a", data=body, method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - fixed lab address
-            resp.read()
+        # add-a appends: clear first, or stale addresses pile up until answers overflow
+        _dns_call("clear-a", {"host": f"{h.name}.{LAB_DOMAIN}."})
+        _dns_call("add-a", {"host": f"{h.name}.{LAB_DOMAIN}.", "addresses": [h.ip]})
+
+
+def _dns_call(endpoint: str, payload: dict[str, object]) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{GATEWAY}:{DNS_MGMT_PORT}/{endpoint}", data=json.dumps(payload).encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - fixed lab address
+        resp.read()
 
 
 def pebble_root() -> str:
@@ -628,6 +636,9 @@ def stop_host(h: Host) -> None:
             run(["umount", "-R", "-l", str(root)], check=False)
         shutil.rmtree(root.parent, ignore_errors=True)
     host_state_file(h.name).unlink(missing_ok=True)
+    if _infra_pid("challtestsrv"):
+        with contextlib.suppress(OSError):
+            _dns_call("clear-a", {"host": f"{h.name}.{LAB_DOMAIN}."})
 
 
 # --------------------------------------------------------------------------- public operations

@@ -56,7 +56,44 @@ def test_only_ssh_answers_from_a_second_host(provisioned: LabEnv) -> None:
         ).stdout
     finally:
         provisioned.ssh("e2e-web", "systemctl stop e2e-listener", check=False)
-    assert json.loads(out) == [22]
+    # a web host: SSH, and nginx on 80/443 (opened through firewall_rules__nginx); nothing else
+    assert json.loads(out) == [22, 80, 443]
+
+
+def test_web_host_serves_https_with_a_certificate_from_the_acme_server(provisioned: LabEnv) -> None:
+    import socket
+    import ssl
+    import urllib.request
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    name = "e2e-web.opsbook.test"
+    ip = provisioned.ip("e2e-web")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the issuer is checked below; Pebble's root changes at every restart
+    with socket.create_connection((ip, 443), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=name) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    assert der is not None
+    cert = x509.load_der_x509_certificate(der)
+    issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert "Pebble" in str(issuer), f"not issued by the lab's ACME server: {issuer}"
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sans == [name]
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    req = urllib.request.Request(f"http://{ip}/some/path?q=1", headers={"Host": name})
+    try:
+        urllib.request.build_opener(NoRedirect).open(req, timeout=10)
+        raise AssertionError("http did not redirect")
+    except urllib.error.HTTPError as e:
+        assert e.code == 308
+        assert e.headers["Location"] == f"https://{name}/some/path?q=1"
 
 
 def test_bad_input_stops_before_any_change(provisioned: LabEnv) -> None:
