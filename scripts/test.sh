@@ -18,7 +18,7 @@ yamllint --strict .
 step "lint: ansible-lint (production profile)"
 ansible-lint --profile production -q
 step "lint: ruff"
-ruff check src tests scripts
+ruff check src tests benchmarks molecule
 step "lint: mypy"
 mypy
 step "unit tests"
