@@ -270,10 +270,11 @@ def _infra_pid(name: str) -> int:
     return pid if pid_alive(pid) else 0
 
 
-def _spawn(name: str, cmd: list[str], log: Path) -> int:
+def _spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                env=env)
     _infra_pidfile(name).write_text(str(proc.pid))
     return proc.pid
 
@@ -302,11 +303,7 @@ def ensure_apt_proxy() -> None:
     )
     (RUN_DIR / "acng-log").mkdir(parents=True, exist_ok=True)
     _spawn("apt-cacher-ng", ["apt-cacher-ng", "-c", str(conf), "ForeGround=1"], RUN_DIR / "apt-cacher-ng.log")
-    for _ in range(100):
-        if port_open(str(GATEWAY), APT_PROXY_PORT, 0.2):
-            return
-        time.sleep(0.1)
-    raise LabError(f"apt-cacher-ng did not start; see {RUN_DIR / 'apt-cacher-ng.log'}")
+    _wait_port(APT_PROXY_PORT, "apt-cacher-ng", RUN_DIR / "apt-cacher-ng.log")
 
 
 def stop_infra(name: str) -> None:
@@ -345,11 +342,6 @@ def pebble_dir() -> Path:
 
 def acme_directory_url() -> str:
     return f"https://{GATEWAY}:{ACME_DIR_PORT}/dir"
-
-
-def acme_ca_file() -> Path:
-    """The CA that signed Pebble's own listener certificate: what ACME clients must trust to talk to Pebble."""
-    return pebble_dir() / "ca.pem"
 
 
 def _ensure_pebble_tls() -> None:
@@ -401,11 +393,7 @@ def ensure_pebble(cert_seconds: int | None = None) -> None:
     conf_file.write_text(text)
     env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
     log = RUN_DIR / "pebble.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(["pebble", "-config", str(conf_file), "-dnsserver", f"{GATEWAY}:{DNS_PORT}"],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
-    _infra_pidfile("pebble").write_text(str(proc.pid))
+    _spawn("pebble", ["pebble", "-config", str(conf_file), "-dnsserver", f"{GATEWAY}:{DNS_PORT}"], log, env)
     _wait_port(ACME_DIR_PORT, "pebble", log)
 
 
@@ -433,16 +421,6 @@ def _dns_call(endpoint: str, payload: dict[str, object]) -> None:
                                  method="POST")
     with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - fixed lab address
         resp.read()
-
-
-def pebble_root() -> str:
-    """Pebble's current issuing root (it changes at every Pebble start)."""
-    import ssl
-    import urllib.request
-
-    ctx = ssl.create_default_context(cafile=str(acme_ca_file()))
-    with urllib.request.urlopen(f"https://{GATEWAY}:{ACME_MGMT_PORT}/roots/0", context=ctx, timeout=5) as r:
-        return str(r.read().decode())
 
 
 # --------------------------------------------------------------------------- base image

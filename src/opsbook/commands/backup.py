@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from opsbook import runner
-from opsbook.commands.provision import parse_extravars
+from opsbook.commands.provision import add_common, parse_extravars
 
 TASK = "Run opsbook-backup"
 
@@ -36,11 +36,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--database", default="", help="database (default: the only one configured on each host)")
     p.add_argument("--yes-overwrite-live", action="store_true",
                    help="restore: replace the LIVE database with the backup's contents")
-    p.add_argument("-i", "--inventory", help="inventory path (default: inventories/lab)")
-    p.add_argument("-l", "--limit", help="limit to hosts or groups (Ansible pattern)")
-    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra variable (repeatable); values are YAML")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    add_common(p, check=False)
     p.set_defaults(func=run)
 
 

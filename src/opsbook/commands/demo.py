@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     figures: dict[str, Any] = {}
     ok = True
     t0 = time.monotonic()
+    declared = lab.inventory_hosts(inv)
     try:
         console.rule("lab up")
-        declared = lab.inventory_hosts(inv)
         hosts = lab.up(declared)
         figures["lab_up_seconds"] = round(time.monotonic() - t0, 1)
         targets = [h for h in hosts if "lab_clients" not in h.groups]
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.keep:
             console.rule("lab down")
             # the demo's own hosts; the lab's bridge and services go too when no other host is left
-            lab.down([h.name for h in lab.inventory_hosts(inv)])
+            lab.down([h.name for h in declared])
     figures["total_seconds"] = round(time.monotonic() - t0, 1)
     figures["result"] = "ok" if ok else "failed"
     report = runner.write_report("demo", figures)

@@ -25,10 +25,13 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.set_defaults(func=run)
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, check: bool = True) -> None:
+    """Options of every playbook verb: inventory, limit, extra vars, quiet, and --check where it means something."""
     p.add_argument("-i", "--inventory", help="inventory path (default: inventories/lab)")
     p.add_argument("-l", "--limit", help="limit to hosts or groups (Ansible pattern)")
-    p.add_argument("-C", "--check", action="store_true", help="change nothing; show the diff of what would change")
+    if check:
+        p.add_argument("-C", "--check", action="store_true",
+                       help="change nothing; show the diff of what would change")
     p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE",
                    help="extra variable (repeatable); values are YAML")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
