@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from opsbook import __version__
-from opsbook.commands import backup, demo, lab_cmd, provision
+from opsbook.commands import backup, demo, deploy, lab_cmd, provision
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -25,12 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
             "  opsbook provision                   harden every lab host\n"
             "  opsbook provision --check           show what would change, change nothing\n"
             "  opsbook provision -i inventories/prod --limit web1\n"
+            "  opsbook deploy 2.0.0                blue/green, health-gated, zero failed requests\n"
+            "  opsbook rollback                    back to the previous release\n"
             "\nexit codes: 0 ok, 1 usage or lab error, 2 a task failed, 3 a host was unreachable"
         ),
     )
     parser.add_argument("--version", action="version", version=f"opsbook {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     provision.register(sub, _Formatter)
+    deploy.register(sub, _Formatter)
     backup.register(sub, _Formatter)
     lab_cmd.register(sub, _Formatter)
     demo.register(sub, _Formatter)

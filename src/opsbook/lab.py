@@ -563,6 +563,11 @@ def start_host(h: Host, base: Path) -> Host:
     h.veth = _veth_name(h.ip)
     _prepare_root(h, base)
     _setup_netns(h)
+    return _boot(h)
+
+
+def _boot(h: Host) -> Host:
+    """Boot the host's root (prepared) in its network namespace (set up)."""
     log = STATE_DIR / "hosts" / h.name / "console.log"
     cmd = [
         "systemd-nspawn", "-D", h.root, "--register=no", "--keep-unit", "--console=passive", "-b",
@@ -574,7 +579,7 @@ def start_host(h: Host, base: Path) -> Host:
     ]
     # /proc/sys/net of the host's own network namespace writable (net.* sysctls), the rest of /proc/sys read-only
     env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
                                 env=env)
     h.pid = proc.pid
@@ -667,6 +672,26 @@ def up(hosts: list[Host], progress: bool = True, acme_cert_seconds: int | None =
     for h in started:
         wait_ssh(h)
     return result
+
+
+def restart(names: list[str], progress: bool = True) -> list[Host]:
+    """Power the hosts off (a clean shutdown of their systemd) and boot them again with the same root and address."""
+    require_root()
+    with lock():
+        hosts = {h.name: h for h in load_hosts()}
+        missing = [n for n in names if n not in hosts]
+        if missing:
+            raise LabError(f"not running in the lab: {', '.join(missing)}")
+        for name in names:
+            h = hosts[name]
+            if progress:
+                print(f"lab: restarting {name}", flush=True)
+            if pid_alive(h.pid):
+                _terminate(h.pid, 60)
+            _boot(h)
+    for name in names:
+        wait_ssh(hosts[name])
+    return [hosts[n] for n in names]
 
 
 def down(names: list[str] | None = None, progress: bool = True) -> None:

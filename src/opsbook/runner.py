@@ -267,6 +267,24 @@ def write_report(verb: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def task_results(report: Path, task: str) -> dict[str, dict[str, Any]]:
+    """The result of one named task per host (the last one wins), read from the run's ansible-runner events."""
+    try:
+        artifacts = Path(json.loads(report.read_text())["artifacts"])
+    except (OSError, ValueError, KeyError):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(artifacts.glob("**/job_events/*.json"), key=lambda p: int(p.name.split("-", 1)[0])):
+        try:
+            event = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        data = event.get("event_data") or {}
+        if event.get("event") in ("runner_on_ok", "runner_on_failed") and data.get("task") == task:
+            out[str(data.get("host", "?"))] = dict(data.get("res") or {})
+    return out
+
+
 def exit_code(result: RunResult) -> int:
     if result.ok:
         return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def command_output(report: Path) -> dict[str, str]:
-    """stdout and stderr of the opsbook-backup task per host, read from the run's ansible-runner events."""
-    try:
-        artifacts = Path(json.loads(report.read_text())["artifacts"])
-    except (OSError, ValueError, KeyError):
-        return {}
-    out: dict[str, str] = {}
-    for path in sorted(artifacts.glob("**/job_events/*.json")):
-        try:
-            event = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        data = event.get("event_data") or {}
-        if event.get("event") in ("runner_on_ok", "runner_on_failed") and data.get("task") == TASK:
-            res = data.get("res") or {}
-            out[data.get("host", "?")] = "\n".join(s for s in (res.get("stdout"), res.get("stderr")) if s)
-    return out
+    """stdout and stderr of the opsbook-backup task per host."""
+    return {host: "\n".join(s for s in (res.get("stdout"), res.get("stderr")) if s)
+            for host, res in runner.task_results(report, TASK).items()}

@@ -43,6 +43,9 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     down = lsub.add_parser("down", help="stop hosts; with none named, the whole lab")
     down.add_argument("hosts", nargs="*")
     down.set_defaults(func=cmd_down)
+    rs = lsub.add_parser("restart", help="power hosts off and boot them again (same disk, same address)")
+    rs.add_argument("hosts", nargs="+")
+    rs.set_defaults(func=cmd_restart)
     st = lsub.add_parser("status", help="what runs")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
@@ -75,6 +78,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": h.name, "ip": h.ip} for h in hosts]))
     else:
         _print_status()
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    try:
+        lab.restart(args.hosts)
+    except lab.LabError as e:
+        Console(stderr=True).print(f"[red]lab restart failed:[/] {e}", highlight=False)
+        return 1
     return 0
 
 

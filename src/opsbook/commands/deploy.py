@@ -1,0 +1,140 @@
+"""opsbook deploy / rollback / releases: the app on the web hosts (playbooks/deploy.yml, rollback.yml, releases.yml)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from opsbook import paths, runner
+from opsbook.commands.provision import add_common, parse_extravars
+
+REPORT_TASK = "Report releases"
+
+
+def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    d = sub.add_parser(
+        "deploy",
+        help="deploy a release: blue/green, health-gated, one host at a time",
+        formatter_class=formatter,
+        description=(
+            "Run playbooks/deploy.yml. The new release starts on the idle colour, must answer its health check "
+            "N times in a row, then live.sock (nginx's upstream) is swapped to it, it is checked again through "
+            "nginx (switched back by itself if that fails) and the old colour is drained and stopped. An unhealthy "
+            "release is never cut over to. Hosts go one at a time; the rollout stops at the first refusal."
+        ),
+        epilog=(
+            "TARGET is one of:\n"
+            "  2.0.0                    a version: built from the inventory's app_source_dir unless already built\n"
+            "  path/to/app/             an app's source (a Python project); --version sets its VERSION file\n"
+            "  path/to/app-2.0.0.tar.gz an artifact made by roles/app/files/opsbook-app-build\n"
+            "\nexamples:\n"
+            "  opsbook deploy 2.0.0\n"
+            "  opsbook deploy examples/app --version 2.1.0\n"
+            "  opsbook deploy 2.0.0 --serial 2 -i inventories/prod"
+        ),
+    )
+    d.add_argument("target", metavar="TARGET")
+    d.add_argument("--version", help="with a source directory: the version to build it as")
+    d.add_argument("--serial", type=int, default=1, metavar="N", help="hosts deployed at a time (default 1)")
+    add_common(d)
+    d.set_defaults(func=run_deploy)
+
+    r = sub.add_parser(
+        "rollback",
+        help="go back to the previous (or a named) release, through the same health gate",
+        formatter_class=formatter,
+        description="Run playbooks/rollback.yml: the releases are on the hosts already, nothing is built or shipped.",
+        epilog="examples:\n  opsbook rollback\n  opsbook rollback --to 1.0.0",
+    )
+    r.add_argument("--to", default="", metavar="VERSION", help="release to go back to (default: the previous one)")
+    r.add_argument("--serial", type=int, default=1, metavar="N", help="hosts rolled back at a time (default 1)")
+    add_common(r)
+    r.set_defaults(func=run_rollback)
+
+    s = sub.add_parser("releases", help="the releases on each web host and which one is live",
+                       formatter_class=formatter, description="Run playbooks/releases.yml (read-only).")
+    s.add_argument("--json", action="store_true", help="print the state as JSON")
+    add_common(s, check=False)
+    s.set_defaults(func=run_releases)
+
+
+def build_script() -> Path:
+    return paths.project_root() / "roles" / "app" / "files" / "opsbook-app-build"
+
+
+def target_vars(target: str, version: str | None, name: str = "app") -> dict[str, Any]:
+    """Extra vars for a deploy TARGET: a version, an app source directory or an artifact tarball."""
+    path = Path(target)
+    if path.is_dir():
+        cmd = [sys.executable, str(build_script()), str(path.resolve()), "--name", name,
+               "--out", str(paths.state_dir() / "build")]
+        if version:
+            cmd += ["--version", version]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr.strip() or res.stdout.strip())
+        built = json.loads(res.stdout)
+        print(f"built {built['artifact']} ({'reused' if built['reused'] else 'new'})", file=sys.stderr)
+        return {"app_version": built["version"], "app_artifact": built["artifact"], "app_source_dir": ""}
+    if target.endswith((".tar.gz", ".tgz")):
+        if not path.is_file():
+            raise SystemExit(f"opsbook deploy: no artifact at {target}")
+        with tarfile.open(path) as tar:
+            member = tar.extractfile("manifest.json")
+            if member is None:
+                raise SystemExit(f"opsbook deploy: {target} has no manifest.json (not an opsbook-app-build artifact)")
+            manifest = json.loads(member.read())
+        return {"app_version": manifest["version"], "app_artifact": str(path.resolve()), "app_source_dir": ""}
+    if version:
+        raise SystemExit("opsbook deploy: --version goes with a source directory, not a version")
+    return {"app_version": target}
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    extra = parse_extravars(args.extra_vars)
+    extravars = {**target_vars(args.target, args.version, str(extra.get("app_name", "app"))),
+                 "app_serial": args.serial, **extra}
+    result = runner.run_playbook("deploy.yml", inventory=args.inventory, limit=args.limit, check=args.check,
+                                 extravars=extravars, verb="deploy", quiet=args.quiet)
+    return runner.exit_code(result)
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **parse_extravars(args.extra_vars)}
+    result = runner.run_playbook("rollback.yml", inventory=args.inventory, limit=args.limit, check=args.check,
+                                 extravars=extravars, verb="rollback", quiet=args.quiet)
+    return runner.exit_code(result)
+
+
+def releases_table(states: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain lines: per host the live release and colour, the previous one, and every release on the host."""
+    lines = []
+    for host, st in sorted(states.items()):
+        if "error" in st:
+            lines.append(f"{host}: {st['error']}")
+            continue
+        live = f"{st.get('live_version')} ({st.get('live_colour')})" if st.get("live_version") else "nothing live"
+        rels = []
+        for r in st.get("releases", []):
+            mark = "*" if r["version"] == st.get("live_version") else ""
+            mark += "" if r.get("complete") else " (unfinished)"
+            rels.append(f"{r['version']}{mark}")
+        lines.append(f"{host}: live {live}; previous {st.get('previous_version') or '-'}; "
+                     f"releases: {', '.join(rels) or '-'}")
+    return lines
+
+
+def run_releases(args: argparse.Namespace) -> int:
+    result = runner.run_playbook("releases.yml", inventory=args.inventory, limit=args.limit,
+                                 extravars=parse_extravars(args.extra_vars), verb="releases", quiet=True)
+    states = {h: dict(res.get("msg") or {}) for h, res in runner.task_results(result.report, REPORT_TASK).items()}
+    if args.json:
+        print(json.dumps(states, indent=2, sort_keys=True))
+    else:
+        print("\n".join(releases_table(states)) or "no web hosts answered")
+    return runner.exit_code(result)

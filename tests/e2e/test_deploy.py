@@ -1,0 +1,242 @@
+"""End to end: blue/green deploys and rollbacks of the example app on provisioned web hosts, under wrk load.
+
+Two web hosts get the whole provisioning (nginx, ACME certificate from the lab's Pebble, firewall, fail2ban);
+the app is built from examples/app on the controller. Every operation on e2e-app1 runs while wrk (2 threads,
+32 connections, keep-alive) requests https://e2e-app1.opsbook.test/ from the controller for its whole duration,
+and the test asserts that not one request failed. Figures are printed (pytest -s shows them).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opsbook import lab
+from tests.e2e.conftest import ROOT, LabEnv, boot, last_report, make_inventory
+
+NAMES = ["e2e-app1", "e2e-app2"]
+DOMAIN = "opsbook.test"
+
+
+@pytest.fixture(scope="module")
+def app_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
+    hosts = boot(NAMES)
+    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab", {"web": [hosts[n] for n in NAMES]})
+    try:
+        env = LabEnv(hosts, inv)
+        res = env.opsbook("provision")
+        assert res.returncode == 0, f"provision failed:\n{res.stdout}\n{res.stderr}"
+        yield env
+    finally:
+        lab.down(NAMES, progress=False)
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Source trees of the example app: good ones, one that fails to import, one whose /healthz answers 500."""
+    base = tmp_path_factory.mktemp("releases")
+    out = {}
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"):
+        src = base / version
+        shutil.copytree(ROOT / "examples" / "app", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        (src / "VERSION").write_text(version + "\n")
+        wsgi = src / "src" / "opsbook_example_app" / "wsgi.py"
+        if version == "3.0.0":  # a release whose code does not import
+            wsgi.write_text(wsgi.read_text() + "\nfrom opsbook_example_app import no_such_module  # noqa\n")
+        if version == "4.0.0":  # a release that starts but is not healthy
+            wsgi.write_text(wsgi.read_text().replace('"200 OK", result)', '"500 Internal Server Error", result)'))
+        out[version] = src
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def served(env: LabEnv, name: str) -> tuple[int, str]:
+    """GET https://NAME/ from the controller (SNI and Host NAME, connected to the host's address)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    host = f"{name}.{DOMAIN}"
+    raw = socket.create_connection((env.ip(name), 443), timeout=10)
+    conn = http.client.HTTPSConnection(host, 443, timeout=10)
+    conn.sock = ctx.wrap_socket(raw, server_hostname=host)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    body = resp.read().decode(errors="replace").strip()
+    conn.close()
+    return resp.status, body
+
+
+def served_version(env: LabEnv, name: str) -> str:
+    status, body = served(env, name)
+    assert status == 200, (status, body)
+    return body.rsplit(" ", 1)[-1]
+
+
+class Load:
+    """wrk -c32 against https://NAME/ from the controller, for as long as the with-block runs."""
+
+    def __init__(self, env: LabEnv, name: str, tmp: Path) -> None:
+        self.url = f"https://{name}.{DOMAIN}/"
+        hosts = tmp / f"hosts-{name}"
+        hosts.write_text(f"127.0.0.1 localhost\n{env.ip(name)} {name}.{DOMAIN}\n")
+        # wrk resolves the name through /etc/hosts: give it one of its own in a private mount namespace
+        self.cmd = ["unshare", "-m", "sh", "-c",
+                    f"mount --bind {hosts} /etc/hosts && exec wrk -t2 -c32 -d600s --timeout 10s --latency {self.url}"]
+        self.out = ""
+        self.figures: dict[str, float] = {}
+
+    def __enter__(self) -> Load:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)  # connections established and requests flowing before the operation starts
+        assert self.proc.poll() is None, self.proc.communicate()[0]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1)
+        self.proc.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+        self.out = self.proc.communicate(timeout=60)[0]
+        print(self.out)
+        self.figures = parse_wrk(self.out)
+
+    def assert_no_failed_request(self) -> None:
+        f = self.figures
+        assert f["requests"] > 100, self.out
+        assert f["non2xx"] == 0, f"{f['non2xx']:.0f} non-2xx answers:\n{self.out}"
+        assert f["socket_errors"] == 0, f"{f['socket_errors']:.0f} socket errors:\n{self.out}"
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def num(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else 0.0
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "requests": num(r"(\d+) requests in"),
+        "non2xx": num(r"Non-2xx or 3xx responses: (\d+)"),
+        "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
+    }
+
+
+def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return env.opsbook("deploy", str(src), "--version", version, *extra)
+
+
+# --------------------------------------------------------------------------- the tests, in order
+
+
+def test_first_deploy_serves_v1(app_lab: LabEnv, releases: dict[str, Path]) -> None:
+    res = deploy(app_lab, releases["1.0.0"], "1.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert served_version(app_lab, "e2e-app1") == "1.0.0"
+    listing = app_lab.opsbook("releases", "--limit", "e2e-app1")
+    assert "e2e-app1: live 1.0.0 (blue)" in listing.stdout, listing.stdout + listing.stderr
+
+
+def test_deploy_v2_under_load_fails_no_request(app_lab: LabEnv, releases: dict[str, Path], tmp_path: Path) -> None:
+    with Load(app_lab, "e2e-app1", tmp_path) as load:
+        res = deploy(app_lab, releases["2.0.0"], "2.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    load.assert_no_failed_request()
+    assert served_version(app_lab, "e2e-app1") == "2.0.0"
+    units = app_lab.ssh("e2e-app1", "systemctl is-active app@blue app@green; systemctl is-enabled app@green",
+                        check=False).stdout.split()
+    assert units == ["inactive", "active", "enabled"], units  # old colour drained and stopped
+
+
+def test_redeploying_the_live_version_changes_nothing(app_lab: LabEnv) -> None:
+    res = app_lab.opsbook("deploy", "2.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    host = last_report("deploy")["hosts"]["e2e-app1"]  # type: ignore[index]
+    assert host["changed"] == 0, host
+
+
+@pytest.mark.parametrize(("version", "check", "why"), [
+    ("3.0.0", "Health gate", "No module named|cannot import name"),
+    ("4.0.0", "Health gate", "answered 500"),
+])
+def test_a_bad_release_is_refused_under_load(app_lab: LabEnv, releases: dict[str, Path], tmp_path: Path,
+                                             version: str, check: str, why: str) -> None:
+    with Load(app_lab, "e2e-app1", tmp_path) as load:
+        res = deploy(app_lab, releases[version], version, "--limit", "e2e-app1", "-e", "app_health_timeout=15")
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert f"app {version} REFUSED on e2e-app1" in out and check in out, out
+    assert re.search(why, out), out
+    assert "still serving: 2.0.0" in out, out
+    load.assert_no_failed_request()
+    assert served_version(app_lab, "e2e-app1") == "2.0.0"
+
+
+def test_rollback_to_previous_and_to_a_named_release_under_load(app_lab: LabEnv, releases: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    res = deploy(app_lab, releases["5.0.0"], "5.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    with Load(app_lab, "e2e-app1", tmp_path) as load:
+        res = app_lab.opsbook("rollback", "--limit", "e2e-app1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    load.assert_no_failed_request()
+    assert served_version(app_lab, "e2e-app1") == "2.0.0"  # 5.0.0's previous; refused 3 and 4 never counted
+    with Load(app_lab, "e2e-app1", tmp_path) as load:
+        res = app_lab.opsbook("rollback", "--to", "1.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    load.assert_no_failed_request()
+    assert served_version(app_lab, "e2e-app1") == "1.0.0"
+    res = app_lab.opsbook("rollback", "--to", "9.9.9", "--limit", "e2e-app1")
+    assert res.returncode == 2 and "release 9.9.9 is not on the host" in res.stdout + res.stderr
+
+
+def test_after_a_restart_the_current_release_serves_again(app_lab: LabEnv) -> None:
+    lab.restart(["e2e-app1"], progress=False)
+    deadline = time.monotonic() + 90
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = served(app_lab, "e2e-app1")
+            if status == 200 and body.endswith("1.0.0"):
+                return
+            last = (status, body)
+        except OSError as exc:
+            last = exc
+        time.sleep(1)
+    raise AssertionError(f"1.0.0 not served within 90 s of the restart; last: {last}")
+
+
+def test_rolling_deploy_stops_at_the_failing_host(app_lab: LabEnv, releases: dict[str, Path]) -> None:
+    res = deploy(app_lab, releases["1.0.0"], "1.0.0", "--limit", "e2e-app2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # e2e-app2's app gets a database it can't reach: its /healthz answers 503 (a real misconfiguration)
+    hv = app_lab.inventory / "host_vars"
+    hv.mkdir(exist_ok=True)
+    (hv / "e2e-app2.yml").write_text('app_env: {DATABASE_URL: "postgresql://app:x@127.0.0.1:1/app"}\n')
+    marker = "touch /tmp/opsbook-migrated"
+    try:
+        res = deploy(app_lab, releases["2.0.0"], "2.0.0", "-e", "app_health_timeout=10",
+                     "-e", f"app_migrate_command='{marker}'")
+    finally:
+        (hv / "e2e-app2.yml").unlink()
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "app 2.0.0 REFUSED on e2e-app2" in out and "answered 503" in out, out
+    report = last_report("deploy")
+    assert [f["host"] for f in report["failures"]] == ["e2e-app2"], report["failures"]  # type: ignore[index]
+    assert served_version(app_lab, "e2e-app1") == "2.0.0"
+    assert served_version(app_lab, "e2e-app2") == "1.0.0"
+    # the migrations hook ran once, on the first host of the rollout
+    assert app_lab.ssh("e2e-app1", "test -e /tmp/opsbook-migrated", check=False).returncode == 0
+    assert app_lab.ssh("e2e-app2", "test -e /tmp/opsbook-migrated", check=False).returncode != 0
