@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from opsbook import __version__
-from opsbook.commands import backup, demo, deploy, lab_cmd, provision
+from opsbook.commands import backup, demo, deploy, drill, lab_cmd, provision
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision.register(sub, _Formatter)
     deploy.register(sub, _Formatter)
     backup.register(sub, _Formatter)
+    drill.register(sub, _Formatter)
     lab_cmd.register(sub, _Formatter)
     demo.register(sub, _Formatter)
     return parser

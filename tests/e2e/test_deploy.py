@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from opsbook import lab
+from opsbook import lab, load
 from tests.e2e.conftest import ROOT, LabEnv, boot, last_report, make_inventory
 
 NAMES = ["e2e-app1", "e2e-app2"]
@@ -84,53 +83,21 @@ def served_version(env: LabEnv, name: str) -> str:
     return body.rsplit(" ", 1)[-1]
 
 
-class Load:
-    """wrk -c32 against https://NAME/ from the controller, for as long as the with-block runs."""
+class Load(load.Load):
+    """wrk -c32 against https://NAME/ from the controller for the whole with-block, then checked for failures."""
 
-    def __init__(self, env: LabEnv, name: str, tmp: Path) -> None:
-        self.url = f"https://{name}.{DOMAIN}/"
-        hosts = tmp / f"hosts-{name}"
-        hosts.write_text(f"127.0.0.1 localhost\n{env.ip(name)} {name}.{DOMAIN}\n")
-        # wrk resolves the name through /etc/hosts: give it one of its own in a private mount namespace
-        self.cmd = ["unshare", "-m", "sh", "-c",
-                    f"mount --bind {hosts} /etc/hosts && exec wrk -t2 -c32 -d600s --timeout 10s --latency {self.url}"]
-        self.out = ""
-        self.figures: dict[str, float] = {}
-
-    def __enter__(self) -> Load:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(2)  # connections established and requests flowing before the operation starts
-        assert self.proc.poll() is None, self.proc.communicate()[0]
-        return self
+    def __init__(self, env: LabEnv, name: str) -> None:
+        super().__init__(env.ip(name), f"{name}.{DOMAIN}")
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(1)
-        self.proc.send_signal(signal.SIGINT)  # wrk stops and prints its summary
-        self.out = self.proc.communicate(timeout=60)[0]
-        print(self.out)
-        self.figures = parse_wrk(self.out)
+        super().__exit__(None, None, None)
+        print(self.out)  # figures, shown with pytest -s
 
     def assert_no_failed_request(self) -> None:
         f = self.figures
         assert f["requests"] > 100, self.out
         assert f["non2xx"] == 0, f"{f['non2xx']:.0f} non-2xx answers:\n{self.out}"
         assert f["socket_errors"] == 0, f"{f['socket_errors']:.0f} socket errors:\n{self.out}"
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    def num(pattern: str) -> float:
-        m = re.search(pattern, out)
-        return float(m.group(1)) if m else 0.0
-
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {
-        "requests": num(r"(\d+) requests in"),
-        "non2xx": num(r"Non-2xx or 3xx responses: (\d+)"),
-        "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
-        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
-    }
 
 
 def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -148,8 +115,8 @@ def test_first_deploy_serves_v1(app_lab: LabEnv, releases: dict[str, Path]) -> N
     assert "e2e-app1: live 1.0.0 (blue)" in listing.stdout, listing.stdout + listing.stderr
 
 
-def test_deploy_v2_under_load_fails_no_request(app_lab: LabEnv, releases: dict[str, Path], tmp_path: Path) -> None:
-    with Load(app_lab, "e2e-app1", tmp_path) as load:
+def test_deploy_v2_under_load_fails_no_request(app_lab: LabEnv, releases: dict[str, Path]) -> None:
+    with Load(app_lab, "e2e-app1") as load:
         res = deploy(app_lab, releases["2.0.0"], "2.0.0", "--limit", "e2e-app1")
     assert res.returncode == 0, res.stdout + res.stderr
     load.assert_no_failed_request()
@@ -170,9 +137,9 @@ def test_redeploying_the_live_version_changes_nothing(app_lab: LabEnv) -> None:
     ("3.0.0", "Health gate", "No module named|cannot import name"),
     ("4.0.0", "Health gate", "answered 500"),
 ])
-def test_a_bad_release_is_refused_under_load(app_lab: LabEnv, releases: dict[str, Path], tmp_path: Path,
+def test_a_bad_release_is_refused_under_load(app_lab: LabEnv, releases: dict[str, Path],
                                              version: str, check: str, why: str) -> None:
-    with Load(app_lab, "e2e-app1", tmp_path) as load:
+    with Load(app_lab, "e2e-app1") as load:
         res = deploy(app_lab, releases[version], version, "--limit", "e2e-app1", "-e", "app_health_timeout=15")
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
@@ -183,16 +150,16 @@ def test_a_bad_release_is_refused_under_load(app_lab: LabEnv, releases: dict[str
     assert served_version(app_lab, "e2e-app1") == "2.0.0"
 
 
-def test_rollback_to_previous_and_to_a_named_release_under_load(app_lab: LabEnv, releases: dict[str, Path],
-                                                                 tmp_path: Path) -> None:
+def test_rollback_to_previous_and_to_a_named_release_under_load(app_lab: LabEnv,
+                                                                 releases: dict[str, Path]) -> None:
     res = deploy(app_lab, releases["5.0.0"], "5.0.0", "--limit", "e2e-app1")
     assert res.returncode == 0, res.stdout + res.stderr
-    with Load(app_lab, "e2e-app1", tmp_path) as load:
+    with Load(app_lab, "e2e-app1") as load:
         res = app_lab.opsbook("rollback", "--limit", "e2e-app1")
     assert res.returncode == 0, res.stdout + res.stderr
     load.assert_no_failed_request()
     assert served_version(app_lab, "e2e-app1") == "2.0.0"  # 5.0.0's previous; refused 3 and 4 never counted
-    with Load(app_lab, "e2e-app1", tmp_path) as load:
+    with Load(app_lab, "e2e-app1") as load:
         res = app_lab.opsbook("rollback", "--to", "1.0.0", "--limit", "e2e-app1")
     assert res.returncode == 0, res.stdout + res.stderr
     load.assert_no_failed_request()

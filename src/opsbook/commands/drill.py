@@ -1,0 +1,111 @@
+"""opsbook drill: a DR drill with measured RTO and RPO (playbooks/drill.yml).
+
+On the lab (an inventory without a `drill` group) a fresh lab host is booted, added to the groups drill, web and
+db of a copy of the inventory, drilled and torn down (unless --keep). With an inventory that has a `drill` group,
+its hosts are drilled as they are and left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opsbook import lab, paths, runner
+from opsbook.commands.provision import parse_extravars
+
+HOST_VARS = {
+    # the drill host's app uses the drill host's own (restored) database, and sends no backups anywhere
+    "app_secret_env": {"DATABASE_URL": "postgresql://app:{{ postgresql_app_password }}@127.0.0.1:5432/app"},
+    "backup_store_host": "",
+}
+
+
+def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    p = sub.add_parser(
+        "drill",
+        help="DR drill: fresh host, provision, restore the newest verified backup, deploy, smoke, RTO/RPO",
+        formatter_class=formatter,
+        description=(
+            "Run playbooks/drill.yml: a fresh host built only from the inventory, the newest verified backup from\n"
+            "the backup store and the release live now, serving again. RTO (start to healthy) and RPO (healthy\n"
+            "minus the backup's snapshot time) are measured and written to .opsbook/drills/ as JSON and Markdown."
+        ),
+        epilog="examples:\n  opsbook drill\n  opsbook drill --keep            leave the drill host running\n"
+               "  opsbook drill -i inventories/prod   drill the hosts of its `drill` group",
+    )
+    p.add_argument("-i", "--inventory", help="inventory path (default: inventories/lab)")
+    p.add_argument("--host", default="drill1", help="lab: name of the drill host to boot (default drill1)")
+    p.add_argument("--keep", action="store_true", help="lab: leave the drill host running")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=run)
+
+
+def drill_inventory(source: Path, dest: Path, host: lab.Host) -> Path:
+    """A copy of a lab-shaped inventory with `host` in the groups drill, web and db, and its drill host vars."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    data = yaml.safe_load((source / "hosts.yml").read_text()) if (source / "hosts.yml").is_file() else {}
+    children = data.setdefault("all", {}).setdefault("children", {})
+    for group in ("drill", "web", "db"):
+        node = children.setdefault(group, {}) or {}
+        children[group] = node
+        node.setdefault("hosts", {})
+        node["hosts"] = node["hosts"] or {}
+        node["hosts"][host.name] = {"ansible_host": host.ip}
+    (dest / "hosts.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    for sub in ("group_vars", "host_vars"):
+        if (source / sub).is_dir():
+            shutil.copytree(source / sub, dest / sub)
+    (dest / "host_vars").mkdir(exist_ok=True)
+    (dest / "host_vars" / f"{host.name}.yml").write_text("---\n" + yaml.safe_dump(HOST_VARS, sort_keys=False))
+    return dest
+
+
+def has_drill_group(inventory: Path) -> bool:
+    hosts = inventory / "hosts.yml"
+    if not hosts.is_file():
+        return False
+    data = yaml.safe_load(hosts.read_text()) or {}
+    drill = ((data.get("all") or {}).get("children") or {}).get("drill") or {}
+    return bool(drill.get("hosts"))
+
+
+def markdown(report: Path) -> str:
+    md = report.with_suffix(".md")
+    return md.read_text() if md.is_file() else ""
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    inv = Path(args.inventory or paths.project_root() / "inventories" / "lab").resolve()
+    extravars = parse_extravars(args.extra_vars)
+    reports = paths.state_dir() / "drills"
+    if has_drill_group(inv):
+        result = runner.run_playbook("drill.yml", inventory=str(inv), limit="drill", verb="drill",
+                                     extravars={"drill_started_at": t0, **extravars}, quiet=args.quiet)
+        for report in sorted(reports.glob("drill-*.json")):
+            if report.stat().st_mtime >= t0:
+                print(markdown(report))
+        return runner.exit_code(result)
+    host = lab.up([lab.Host(name=args.host, ip="")], progress=not args.quiet)[0]
+    try:
+        drill_inv = drill_inventory(inv, reports / f"inventory-{host.name}", host)
+        result = runner.run_playbook("drill.yml", inventory=str(drill_inv), limit=host.name, verb="drill",
+                                     extravars={"drill_started_at": t0, **extravars}, quiet=args.quiet)
+        report = reports / f"drill-{host.name}.json"
+        if result.ok and report.is_file() and report.stat().st_mtime >= t0:
+            data = json.loads(report.read_text())
+            print(markdown(report))
+            print(f"RTO {data['rto_seconds']} s, RPO {data['rpo_seconds']} s — report {report}")
+        return runner.exit_code(result)
+    finally:
+        if not args.keep:
+            lab.down([host.name], progress=not args.quiet)
