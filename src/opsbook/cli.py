@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse says 2 for a usage error; opsbook's 2 means "a task failed"
+        return 1 if exc.code == 2 else int(exc.code or 0)
     rc: int = args.func(args)
     return rc
 

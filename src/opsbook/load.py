@@ -79,3 +79,32 @@ class Load:
     @property
     def failed(self) -> int:
         return int(self.figures.get("non2xx", 0) + self.figures.get("socket_errors", 0))
+
+
+def https_get(ip: str, name: str, path: str = "/", timeout: float = 10) -> tuple[int, str]:
+    """GET https://NAME/PATH connected to IP (SNI and Host NAME, certificate not checked): status and body."""
+    import http.client
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection((ip, 443), timeout=timeout)
+    conn = http.client.HTTPSConnection(name, 443, timeout=timeout)
+    conn.sock = ctx.wrap_socket(raw, server_hostname=name)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace").strip()
+    finally:
+        conn.close()
+
+
+def served_version(ip: str, name: str) -> str:
+    """The example app's version served at https://NAME/ ("" when it does not answer 200)."""
+    try:
+        status, body = https_get(ip, name)
+    except OSError:
+        return ""
+    return body.rsplit(" ", 1)[-1] if status == 200 else ""

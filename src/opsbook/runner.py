@@ -62,10 +62,14 @@ def _event_message(data: dict[str, Any]) -> str:
         msgs = [_event_message({"res": i}) for i in items if isinstance(i, dict) and i.get("failed")]
         if msgs:
             return "; ".join(msgs)
-    for key in ("msg", "stderr", "module_stderr"):
-        val = res.get(key)
-        if val:
-            return str(val).strip()
+    msg = str(res.get("msg") or "").strip()
+    detail = str(res.get("stderr") or res.get("module_stderr") or "").strip()
+    if msg == "non-zero return code":  # a failed command: what it said is the message
+        out = detail or str(res.get("stdout") or "").strip()
+        lines = out.splitlines()[-8:]
+        return f"exit {res.get('rc')}: " + " | ".join(lines) if lines else f"exit {res.get('rc')}"
+    if msg or detail:
+        return msg or detail
     return json.dumps({k: v for k, v in res.items() if not k.startswith("_")})[:500]
 
 

@@ -8,11 +8,8 @@ and the test asserts that not one request failed. Figures are printed (pytest -s
 
 from __future__ import annotations
 
-import http.client
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -63,18 +60,7 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def served(env: LabEnv, name: str) -> tuple[int, str]:
     """GET https://NAME/ from the controller (SNI and Host NAME, connected to the host's address)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    host = f"{name}.{DOMAIN}"
-    raw = socket.create_connection((env.ip(name), 443), timeout=10)
-    conn = http.client.HTTPSConnection(host, 443, timeout=10)
-    conn.sock = ctx.wrap_socket(raw, server_hostname=host)
-    conn.request("GET", "/")
-    resp = conn.getresponse()
-    body = resp.read().decode(errors="replace").strip()
-    conn.close()
-    return resp.status, body
+    return load.https_get(env.ip(name), f"{name}.{DOMAIN}")
 
 
 def served_version(env: LabEnv, name: str) -> str:

@@ -147,6 +147,7 @@ class _Args:
         self.interval = 0.01
         self.expect_version = None
         self.unit = None
+        self.print_body = False
         self.__dict__.update(kw)
 
 
@@ -171,6 +172,31 @@ def test_check_fails_naming_the_last_answer(capsys: Capture, monkeypatch: pytest
         server.shutdown()
     out = capsys.readouterr().out
     assert "UNHEALTHY" in out and "/healthz answered 500" in out
+
+
+def test_check_prints_the_body_when_asked(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _serve([])
+    try:
+        monkeypatch.setattr(tool, "_PinnedHTTPSConnection", _plain(server))
+        assert tool.check(_Args(connect="127.0.0.1:1", successes=1, print_body=True)) == 0
+    finally:
+        server.shutdown()
+    assert capsys.readouterr().out == "ok\n"
+
+
+def test_state_says_when_the_live_colour_runs_an_outdated_config(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    release(tmp_path, "1.0.0")
+    point(tmp_path, "blue", "1.0.0")
+    tool.switch(tmp_path, tmp_path / "run", "blue", None, None, "app")
+    env = tmp_path / "app.env"
+    env.write_text("A=1\n")
+    started = time.time()
+    monkeypatch.setattr(tool, "_started", lambda unit: started)
+    os.utime(env, (started - 10, started - 10))
+    assert not tool.state(tmp_path, tmp_path / "run", "app", [env])["live_stale"]
+    os.utime(env, (started + 10, started + 10))  # changed after the live colour started
+    assert tool.state(tmp_path, tmp_path / "run", "app", [env])["live_stale"]
 
 
 def test_check_wants_the_expected_version(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:

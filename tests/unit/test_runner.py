@@ -66,3 +66,24 @@ def test_report_is_written_atomically(tmp_path: Path, monkeypatch: pytest.Monkey
     assert a != b
     assert json.loads(a.read_text())["verb"] == "provision"
     assert not list(tmp_path.glob("runs/*.tmp"))
+
+
+def test_a_failed_command_says_what_it_printed() -> None:
+    res = {"failed": True, "rc": 1, "msg": "non-zero return code", "stdout": "",
+           "stderr": "line 1\nERROR: No matching distribution found for pip"}
+    assert runner._event_message({"res": res}) == "exit 1: line 1 | ERROR: No matching distribution found for pip"
+    res = {"failed": True, "rc": 3, "msg": "non-zero return code", "stdout": "UNHEALTHY: /healthz answered 500"}
+    assert runner._event_message({"res": res}) == "exit 3: UNHEALTHY: /healthz answered 500"
+    assert runner._event_message({"res": {"msg": "plain message", "stderr": "x"}}) == "plain message"
+
+
+def test_task_results_reads_one_task_per_host(tmp_path: Path) -> None:
+    events = tmp_path / "artifacts" / "x" / "job_events"
+    events.mkdir(parents=True)
+    for n, (host, task, msg) in enumerate([("a", "Report", {"v": 1}), ("a", "Other", {}), ("b", "Report", {"v": 2}),
+                                           ("a", "Report", {"v": 3})], start=1):
+        (events / f"{n}-uuid.json").write_text(json.dumps(
+            {"event": "runner_on_ok", "event_data": {"host": host, "task": task, "res": {"msg": msg}}}))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"artifacts": str(tmp_path / "artifacts")}))
+    assert runner.task_results(report, "Report") == {"a": {"msg": {"v": 3}}, "b": {"msg": {"v": 2}}}

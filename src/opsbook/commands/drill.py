@@ -78,6 +78,11 @@ def has_drill_group(inventory: Path) -> bool:
     return bool(drill.get("hosts"))
 
 
+def latest_report(reports: Path, host: str) -> Path | None:
+    found = sorted(reports.glob(f"drill-{host}-*.json"))
+    return found[-1] if found else None
+
+
 def markdown(report: Path) -> str:
     md = report.with_suffix(".md")
     return md.read_text() if md.is_file() else ""
@@ -91,17 +96,22 @@ def run(args: argparse.Namespace) -> int:
     if has_drill_group(inv):
         result = runner.run_playbook("drill.yml", inventory=str(inv), limit="drill", verb="drill",
                                      extravars={"drill_started_at": t0, **extravars}, quiet=args.quiet)
-        for report in sorted(reports.glob("drill-*.json")):
-            if report.stat().st_mtime >= t0:
-                print(markdown(report))
+        for path in sorted(reports.glob("drill-*.json")):
+            if path.stat().st_mtime >= t0:
+                print(markdown(path))
+        if not result.ok:
+            print(f"drill failed: see {result.report}")
         return runner.exit_code(result)
-    host = lab.up([lab.Host(name=args.host, ip="")], progress=not args.quiet)[0]
+    try:
+        host = lab.up([lab.Host(name=args.host, ip="")], progress=not args.quiet)[0]
+    except lab.LabError as exc:
+        raise SystemExit(f"opsbook drill: {inv} has no `drill` group, and the lab could not boot one: {exc}") from exc
     try:
         drill_inv = drill_inventory(inv, reports / f"inventory-{host.name}", host)
         result = runner.run_playbook("drill.yml", inventory=str(drill_inv), limit=host.name, verb="drill",
                                      extravars={"drill_started_at": t0, **extravars}, quiet=args.quiet)
-        report = reports / f"drill-{host.name}.json"
-        if result.ok and report.is_file() and report.stat().st_mtime >= t0:
+        report = latest_report(reports, host.name)
+        if result.ok and report and report.stat().st_mtime >= t0:
             data = json.loads(report.read_text())
             print(markdown(report))
             print(f"RTO {data['rto_seconds']} s, RPO {data['rpo_seconds']} s — report {report}")
