@@ -103,19 +103,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"drill failed: see {result.report}")
         return runner.exit_code(result)
     try:
-        host = lab.up([lab.Host(name=args.host, ip="")], progress=not args.quiet)[0]
+        result, data, report = drill_lab(inv, args.host, args.keep, args.quiet, t0, extravars)
     except lab.LabError as exc:
         raise SystemExit(f"opsbook drill: {inv} has no `drill` group, and the lab could not boot one: {exc}") from exc
+    if data and report:
+        print(markdown(report))
+        print(f"RTO {data['rto_seconds']} s, RPO {data['rpo_seconds']} s — report {report}")
+    return runner.exit_code(result)
+
+
+def drill_lab(inv: Path, name: str, keep: bool, quiet: bool, t0: float,
+              extravars: dict[str, Any] | None = None) -> tuple[runner.RunResult, dict[str, Any] | None, Path | None]:
+    """Boot lab host NAME, drill it against a copy of the lab-shaped inventory INV, tear it down unless keep.
+
+    Returns the run, the drill report's data (None if the drill failed) and the report's path."""
+    reports = paths.state_dir() / "drills"
+    host = lab.up([lab.Host(name=name, ip="")], progress=not quiet)[0]
     try:
         drill_inv = drill_inventory(inv, reports / f"inventory-{host.name}", host)
         result = runner.run_playbook("drill.yml", inventory=str(drill_inv), limit=host.name, verb="drill",
-                                     extravars={"drill_started_at": t0, **extravars}, quiet=args.quiet)
+                                     extravars={"drill_started_at": t0, **(extravars or {})}, quiet=quiet)
         report = latest_report(reports, host.name)
         if result.ok and report and report.stat().st_mtime >= t0:
-            data = json.loads(report.read_text())
-            print(markdown(report))
-            print(f"RTO {data['rto_seconds']} s, RPO {data['rpo_seconds']} s — report {report}")
-        return runner.exit_code(result)
+            return result, json.loads(report.read_text()), report
+        return result, None, None
     finally:
-        if not args.keep:
-            lab.down([host.name], progress=not args.quiet)
+        if not keep:
+            lab.down([host.name], progress=not quiet)
