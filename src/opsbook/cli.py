@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from opsbook import __version__
-from opsbook.commands import backup, demo, deploy, drill, lab_cmd, provision
+from opsbook.commands import backup, demo, deploy, drill, lab_cmd, provision, status
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.register(sub, _Formatter)
     backup.register(sub, _Formatter)
     drill.register(sub, _Formatter)
+    status.register(sub, _Formatter)
     lab_cmd.register(sub, _Formatter)
     demo.register(sub, _Formatter)
     return parser

@@ -1,0 +1,268 @@
+"""opsbook status: the CLI's parsing and display (canned events), and the playbook's judgement on this machine
+(connection local, faked app fact, backup command, metrics and certificates: no lab needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+
+from opsbook import runner
+from opsbook.commands import status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = {
+    "host": "web1",
+    "checked_at": "2026-11-22T04:00:00Z",
+    "app": {"name": "app", "live_version": "2.0.0", "live_colour": "green", "previous_version": "1.0.0",
+            "releases": ["1.0.0", "2.0.0"], "deployed_at": "2026-11-21T10:00:00Z", "problems": []},
+    "backups": [],
+    "certificates": [{"name": "web1.opsbook.test", "names": ["web1.opsbook.test"], "issuer": "Pebble Intermediate CA",
+                      "not_after": "2027-02-19T16:07:31Z", "days_left": 89, "problems": []}],
+    "problems": [],
+}
+BAD = {
+    "host": "db1",
+    "checked_at": "2026-11-22T04:00:00Z",
+    "app": None,
+    "backups": [
+        {"database": "app", "newest_verified": "app-20261120T023000Z.dump",
+         "newest_verified_at": "2026-11-20T02:30:00Z", "age_hours": 49.5, "last_run_at": "2026-11-22T02:30:00Z",
+         "last_run_success": False, "verification": "failed",
+         "problems": ["backup app: stale: the newest verified backup is 49.5 h old (limit 26.0 h)",
+                      "backup app: the last run (2026-11-22T02:30:00Z) failed: dump or restore verification failed"]},
+        {"database": "[shop]", "newest_verified": None, "age_hours": None, "last_run_at": None,
+         "problems": ["backup [shop]: never ran (no backup, no metrics)"]},
+    ],
+    "certificates": [],
+    "problems": ["backup app: stale: the newest verified backup is 49.5 h old (limit 26.0 h)",
+                 "backup app: the last run (2026-11-22T02:30:00Z) failed: dump or restore verification failed",
+                 "backup [shop]: never ran (no backup, no metrics)"],
+}
+
+
+def ev(kind: str, **data: Any) -> dict[str, Any]:
+    return {"event": kind, "event_data": data}
+
+
+def canned_events() -> list[dict[str, Any]]:
+    return [
+        ev("playbook_on_task_start", task=status.TASK),
+        ev("runner_on_ok", host="web1", task=status.TASK, res={"opsbook_status": GOOD, "changed": False}),
+        ev("runner_on_ok", host="db1", task=status.TASK, res={"opsbook_status": BAD, "changed": False}),
+        ev("runner_on_ok", host="db1", task="Put the report together", res={"ansible_facts": {}}),
+        ev("runner_on_failed", host="db1", task="Fail when something is missing, stale or failed", res={"msg": "x"}),
+        ev("runner_on_skipped", host="web1", task=status.TASK),
+    ]
+
+
+def test_register_adds_the_verb_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="opsbook")
+    status.register(parser.add_subparsers(dest="verb"), argparse.RawDescriptionHelpFormatter)
+    args = parser.parse_args(["status", "-i", "inv", "--limit", "db", "--json", "-e", "status_cert_min_days=7"])
+    assert (args.inventory, args.limit, args.json, args.extra_vars) == ("inv", "db", True, ["status_cert_min_days=7"])
+    assert args.func is status.run
+    with pytest.raises(SystemExit):
+        parser.parse_args(["status", "--help"])
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_reports_come_from_the_report_status_events_only() -> None:
+    reports = status.from_events(canned_events())
+    assert set(reports) == {"web1", "db1"}
+    assert reports["db1"]["backups"][0]["age_hours"] == 49.5
+
+
+def test_collect_reads_the_runs_artifacts(tmp_path: Path) -> None:
+    events = tmp_path / "artifacts" / "run1" / "job_events"
+    events.mkdir(parents=True)
+    for n, e in enumerate(canned_events()):
+        (events / f"{n}-x.json").write_text(json.dumps(e))
+    (events / "99-broken.json").write_text("{not json")
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"artifacts": str(tmp_path / "artifacts")}))
+    assert set(status.collect(report)) == {"web1", "db1"}
+    assert status.collect(tmp_path / "missing.json") == {}
+
+
+def test_rows_show_release_backup_age_verification_and_days_left() -> None:
+    good = status.rows(GOOD)
+    assert good[0] == ("app app", "2.0.0 (green)",
+                       "previous 1.0.0; deployed 2026-11-21T10:00:00Z; 2 releases on the host", False)
+    assert good[1][:2] == ("certificate web1.opsbook.test", "89 days left")
+    bad = status.rows(BAD)
+    assert bad[0][1] == "2.1 d old" and bad[0][3] is True
+    assert "last run 2026-11-22T02:30:00Z FAILED, verification failed" in bad[0][2]
+    assert bad[1][1:] == ("no verified backup", "last run unknown", True)
+
+
+def test_render_prints_every_host_and_problem_verbatim() -> None:
+    buf = io.StringIO()
+    status.render(Console(file=buf, width=200, color_system=None), status.from_events(canned_events()),
+                  ["web2"], {"db2": "Read the app's local fact: permission denied"})
+    out = buf.getvalue()
+    assert out.index("db1") < out.index("web1")
+    assert "web1 — ok" in out and "db1 — 3 problem(s)" in out
+    assert "problem: backup [shop]: never ran" in out  # brackets are text, not rich markup
+    assert "web2: unreachable" in out and "db2: no report: Read the app's local fact" in out
+
+
+@pytest.mark.parametrize(
+    ("tally", "rc", "reports", "expected"),
+    [
+        (runner.HostTally(ok=9), 0, {"web1": GOOD}, 0),
+        (runner.HostTally(ok=9, failed=1), 2, {"db1": BAD}, 2),
+        (runner.HostTally(ok=9), 0, {"db1": BAD}, 2),  # a problem never exits 0
+        (runner.HostTally(unreachable=1), 4, {}, 3),
+    ],
+)
+def test_exit_codes(tally: runner.HostTally, rc: int, reports: dict[str, Any], expected: int) -> None:
+    result = runner.RunResult("status.yml", rc, "x", {"h": tally}, Path("/dev/null"), 0.0)
+    assert status.exit_code(result, reports) == expected
+
+
+# ---------------------------------------------------------------- the playbook, on this machine
+
+def _cert(path: Path, days: float) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, path.name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(path.name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    path.mkdir(parents=True)
+    (path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@pytest.fixture
+def fake_host(tmp_path: Path) -> Path:
+    """A web host with a live release, one database backed up an hour ago and a certificate of 60 days."""
+    now = time.time()
+    (tmp_path / "app.fact").write_text(json.dumps({
+        "name": "app", "live_version": "2.0.0", "live_colour": "blue", "previous_version": "1.0.0",
+        "releases": ["1.0.0", "2.0.0"], "deployed_at": _iso(now - 7200)}))
+    _cert(tmp_path / "live" / "web1.example.test", 60.5)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "app.json").write_text(json.dumps({
+        "database": "app", "metrics_file": str(tmp_path / "app.prom"),
+        "ping_urls": {"success": "https://hc.example/ping/TOKEN-never-shown"}}))
+    (tmp_path / "app.prom").write_text(textwrap.dedent(f"""\
+        # HELP opsbook_backup_last_run_timestamp_seconds Unix time of the last backup run
+        opsbook_backup_last_run_timestamp_seconds{{database="app"}} {int(now - 3700)}
+        opsbook_backup_last_run_success{{database="app"}} 1
+        opsbook_backup_last_success_timestamp_seconds{{database="app"}} {int(now - 3600)}
+        opsbook_backup_verification_success{{database="app"}} 1
+        """))
+    listing = {"database": "app", "dir": "/x", "backups": [
+        {"file": "app-1.dump", "snapshot_time": _iso(now - 3600), "verification": "passed", "latest_good": True}]}
+    (tmp_path / "list.json").write_text(json.dumps(listing))
+    cmd = tmp_path / "opsbook-backup"
+    cmd.write_text(f"#!/bin/sh\n[ \"$2\" = app ] && [ \"$3\" = list ] && exec cat {tmp_path / 'list.json'}\nexit 2\n")
+    cmd.chmod(0o755)
+    inventory = {"all": {"children": {"web": {"hosts": {"web1": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "backup_databases": [{"name": "app"}],
+        "status_app_fact_file": str(tmp_path / "app.fact"), "status_cert_dir": str(tmp_path / "live"),
+        "__status_backup_command": str(cmd), "__status_backup_config_dir": str(tmp_path / "cfg"),
+    }}}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    return tmp_path
+
+
+def play(host: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run playbooks/status.yml with plain ansible-playbook; return rc, web1's report and the whole output."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    # the play's internal paths are play vars: only extra vars override them
+    internal = {k: v for k, v in yaml.safe_load((host / "hosts.yml").read_text())["all"]["children"]["web"]["hosts"]
+                ["web1"].items() if k.startswith("__")}
+    playbook = str(Path(sys.executable).parent / "ansible-playbook")
+    res = subprocess.run([playbook, "-i", str(host / "hosts.yml"), "playbooks/status.yml", "-e", json.dumps(internal),
+                          *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    start = res.stdout.find("\n{\n")  # profile_tasks (ansible.cfg) prints timing lines around the JSON
+    assert start >= 0, res.stdout + res.stderr
+    out, _ = json.JSONDecoder().raw_decode(res.stdout[start + 1:])
+    tasks = out["plays"][0]["tasks"]
+    report = next(t["hosts"]["web1"]["opsbook_status"] for t in tasks if t["task"]["name"] == status.TASK)
+    assert out["stats"]["web1"]["changed"] == 0, "status must change nothing"
+    return res.returncode, report, res.stdout
+
+
+def test_playbook_healthy_host_passes(fake_host: Path) -> None:
+    rc, report, out = play(fake_host, "--check")
+    assert rc == 0, out
+    assert report["problems"] == []
+    assert report["app"]["live_version"] == "2.0.0" and report["app"]["live_colour"] == "blue"
+    (backup,) = report["backups"]
+    assert backup["newest_verified"] == "app-1.dump" and 0.9 <= backup["age_hours"] <= 1.1
+    assert backup["last_run_success"] is True and backup["verification"] == "passed"
+    assert "verification passed" in backup["summary"]
+    (cert,) = report["certificates"]
+    assert cert["name"] == "web1.example.test" and cert["days_left"] == 60
+    assert "TOKEN-never-shown" not in out  # the database's config (ping URLs) is read with no_log
+
+
+def test_playbook_fails_the_host_for_each_problem(fake_host: Path) -> None:
+    (fake_host / "app.fact").write_text(json.dumps({"name": "app", "live_version": None, "releases": []}))
+    prom = fake_host / "app.prom"
+    prom.write_text(prom.read_text().replace("last_run_success{database=\"app\"} 1",
+                                             "last_run_success{database=\"app\"} 0"))
+    _cert(fake_host / "live" / "short.example.test", 3.5)
+    rc, report, out = play(fake_host, "-e", "status_backup_max_age_hours=0.5", "-e", "status_cert_min_days=30")
+    assert rc != 0
+    problems = report["problems"]
+    assert "app app: no live release" in problems
+    stale = "backup app: stale: the newest verified backup is 1.0 h old (limit 0.5 h)"
+    assert any(p.startswith(stale) for p in problems)
+    assert any(p.startswith("backup app: the last run") and "off-host copy or pruning failed" in p for p in problems)
+    assert "certificate short.example.test: expires in 3 days" in " ".join(problems)
+    assert not any(p.startswith("certificate web1.example.test") for p in problems)
+    assert len(problems) == 4, problems
+    assert "4 problem(s): app app: no live release" in out  # the failing task names them for ansible-playbook users
+
+
+def test_playbook_bare_web_host_has_nothing_and_says_so(fake_host: Path) -> None:
+    for name in ("app.fact", "cfg/app.json"):
+        (fake_host / name).unlink()
+    (fake_host / "live" / "web1.example.test" / "cert.pem").unlink()
+    (fake_host / "live" / "web1.example.test").rmdir()
+    rc, report, _ = play(fake_host)
+    assert rc != 0
+    assert report["app"] is None and report["certificates"] == []
+    assert [p.split(" (")[0] for p in report["problems"]] == [
+        "app: no live release", "backup app: not configured on this host",
+        "certificates: none in " + str(fake_host / "live")]
+
+
+def test_playbook_never_run_backup(fake_host: Path) -> None:
+    (fake_host / "app.prom").unlink()
+    (fake_host / "list.json").write_text(json.dumps({"database": "app", "dir": "/x", "backups": []}))
+    rc, report, _ = play(fake_host)
+    assert rc != 0
+    assert report["problems"] == ["backup app: never ran (no backup, no metrics)"]
+    assert report["backups"][0]["summary"] == "backup app: no verified backup; last run unknown"
