@@ -11,23 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from opsbook import lab
-from tests.e2e.conftest import LabEnv, boot, last_report, make_inventory
+from tests.e2e.conftest import LabEnv, last_report, provisioned_lab
 
 
 @pytest.fixture(scope="module")
 def db_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
-    names = ["e2e-db", "e2e-store"]
-    hosts = boot(names)
-    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab",
-                         {"db": [hosts["e2e-db"]], "backup_store": [hosts["e2e-store"]]})
-    try:
-        env = LabEnv(hosts, inv)
-        res = env.opsbook("provision")
-        assert res.returncode == 0, f"provision failed:\n{res.stdout}\n{res.stderr}"
+    with provisioned_lab(tmp_path_factory, {"db": ["e2e-db"], "backup_store": ["e2e-store"]}) as env:
         yield env
-    finally:
-        lab.down(names, progress=False)
 
 
 def test_backup_run_over_a_fresh_ssh_session_is_verified(db_lab: LabEnv) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from opsbook import lab, load
-from tests.e2e.conftest import ROOT, LabEnv, boot, last_report, make_inventory
+from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, provisioned_lab
 
 NAMES = ["e2e-app1", "e2e-app2"]
 DOMAIN = "opsbook.test"
@@ -26,15 +26,8 @@ DOMAIN = "opsbook.test"
 
 @pytest.fixture(scope="module")
 def app_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
-    hosts = boot(NAMES)
-    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab", {"web": [hosts[n] for n in NAMES]})
-    try:
-        env = LabEnv(hosts, inv)
-        res = env.opsbook("provision")
-        assert res.returncode == 0, f"provision failed:\n{res.stdout}\n{res.stderr}"
+    with provisioned_lab(tmp_path_factory, {"web": NAMES}, FAST) as env:
         yield env
-    finally:
-        lab.down(NAMES, progress=False)
 
 
 @pytest.fixture(scope="module")

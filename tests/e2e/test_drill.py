@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from opsbook import lab
-from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory
+from tests.e2e.conftest import FAST, ROOT, LabEnv, provisioned_lab
 
 NAMES = ["dr-web", "dr-db", "dr-store"]
 DRILL = "dr-drill"
@@ -21,13 +21,8 @@ NOTES = 321
 
 @pytest.fixture(scope="module")
 def dr_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
-    hosts = boot(NAMES)
-    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab",
-                         {"web": [hosts["dr-web"]], "db": [hosts["dr-db"]], "backup_store": [hosts["dr-store"]]})
-    try:
-        env = LabEnv(hosts, inv)
-        res = env.opsbook("provision")
-        assert res.returncode == 0, f"provision failed:\n{res.stdout}\n{res.stderr}"
+    groups = {"web": ["dr-web"], "db": ["dr-db"], "backup_store": ["dr-store"]}
+    with provisioned_lab(tmp_path_factory, groups, FAST, also_down=(DRILL,)) as env:
         res = env.opsbook("deploy", "1.0.0")  # builds examples/app as 1.0.0; its migration makes the notes table
         assert res.returncode == 0, f"deploy failed:\n{res.stdout}\n{res.stderr}"
         sql = f"INSERT INTO notes(body) SELECT 'note ' || g FROM generate_series(1, {NOTES:d}) g"  # noqa: S608
@@ -35,8 +30,6 @@ def dr_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
         res = env.opsbook("backup", "run")
         assert res.returncode == 0, f"backup failed:\n{res.stdout}\n{res.stderr}"
         yield env
-    finally:
-        lab.down([*NAMES, DRILL], progress=False)
 
 
 def test_drill_restores_the_data_and_measures_rto_and_rpo(dr_lab: LabEnv) -> None:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from opsbook import lab
-from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory
+from tests.e2e.conftest import FAST, ROOT, LabEnv, provisioned_lab
 
 CERT_DIR = "/etc/letsencrypt/live/pa-db.opsbook.test"
 METRICS = "/var/lib/prometheus/node-exporter/opsbook_backup_app.prom"
@@ -43,22 +42,11 @@ def _pem(days: float) -> str:
 
 @pytest.fixture(scope="module")
 def pa_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
-    names = ["pa-db", "pa-store"]
-    hosts = boot(names)
-    # every role, as in production, minus two slow extras that status does not look at (about 30 s)
-    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab",
-                         {"db": [hosts["pa-db"]], "backup_store": [hosts["pa-store"]]},
-                         {"common_apt_upgrade": False, "common_aide_enabled": False})
-    try:
-        env = LabEnv(hosts, inv)
-        res = env.opsbook("provision")
-        assert res.returncode == 0, f"provision failed:\n{res.stdout}\n{res.stderr}"
+    with provisioned_lab(tmp_path_factory, {"db": ["pa-db"], "backup_store": ["pa-store"]}, FAST) as env:
         res = env.opsbook("backup", "run")
         assert res.returncode == 0, f"backup run failed:\n{res.stdout}\n{res.stderr}"
         env.ssh("pa-db", f"mkdir -p {CERT_DIR} && cat > {CERT_DIR}/cert.pem <<'EOF'\n{_pem(60.5)}EOF\n")
         yield env
-    finally:
-        lab.down(names, progress=False)
 
 
 def ansible_playbook(env: LabEnv, *args: str) -> subprocess.CompletedProcess[str]:
