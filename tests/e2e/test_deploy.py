@@ -180,7 +180,7 @@ def test_rolling_deploy_stops_at_the_failing_host(app_lab: LabEnv, releases: dic
     assert res.returncode == 2, out
     assert "app 2.0.0 REFUSED on e2e-app2" in out and "answered 503" in out, out
     report = last_report("deploy")
-    assert [f["host"] for f in report["failures"]] == ["e2e-app2"], report["failures"]  # type: ignore[index]
+    assert {f["host"] for f in report["failures"]} == {"e2e-app2"}, report["failures"]  # type: ignore[index]
     assert served_version(app_lab, "e2e-app1") == "2.0.0"
     assert served_version(app_lab, "e2e-app2") == "1.0.0"
     # the migrations hook ran once, on the first host of the rollout
