@@ -248,8 +248,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _failure_text(r: runner.RunResult) -> str:
     try:
-        data = json.loads(Path(r.report).read_text())
-        return "; ".join(f"{x['host']}: {x['message']}" for x in data.get("failures", []))[:400] or "failed"
+        failures = json.loads(Path(r.report).read_text()).get("failures", [])
+        # a refusal's own message says it all (the failed check it rescued is in the run's report)
+        refusals = [x for x in failures if "REFUSED" in str(x.get("message"))]
+        return "; ".join(f"{x['host']}: {x['message']}" for x in refusals or failures)[:400] or "failed"
     except (OSError, ValueError):
         return "failed"
 
