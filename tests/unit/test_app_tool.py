@@ -249,25 +249,3 @@ def test_build_makes_an_offline_wheelhouse_of_the_requested_version(tmp_path: Pa
     assert again["reused"] and again["sha256"] == result["sha256"]
     with pytest.raises(SystemExit, match="not a Python project"):
         builder.build(tmp_path, out, "x", "1", False)
-
-
-def test_finish_enables_new_prunes_then_stops_old_after_the_drain(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    run = tmp_path / "run"
-    for i, v in enumerate(["1", "2", "3"]):
-        release(tmp_path, v, age=300 - i * 100)
-    point(tmp_path, "blue", "2")
-    tool.switch(tmp_path, run, "blue", None, None, "app")
-    point(tmp_path, "green", "3")
-    tool.switch(tmp_path, run, "green", None, None, "app")
-    calls: list[tuple[float, list[str]]] = []
-    monkeypatch.setattr(tool.subprocess, "run", lambda argv, check: calls.append((time.monotonic(), argv)))
-    start = time.monotonic()
-    result = tool.finish(tmp_path, run, "app", "green", "blue", 0.2, 2, None)
-    assert result == {"enabled": "green", "stopped": "blue", "removed": ["1"]}
-    assert [argv for _, argv in calls] == [["systemctl", "enable", "--quiet", "app@green.service"],
-                                           ["systemctl", "disable", "--quiet", "--now", "app@blue.service"]]
-    assert calls[1][0] - start >= 0.2  # the old colour stops only after the drain
-    calls.clear()
-    assert tool.finish(tmp_path, run, "app", "green", None, 5, 2, None)["stopped"] is None  # a first deploy
-    assert len(calls) == 1
