@@ -68,6 +68,10 @@ def canned_events() -> list[dict[str, Any]]:
     ]
 
 
+def canned_results() -> dict[str, dict[str, Any]]:
+    return {"web1": {"opsbook_status": GOOD, "changed": False}, "db1": {"opsbook_status": BAD, "changed": False}}
+
+
 def test_register_adds_the_verb_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
@@ -81,8 +85,8 @@ def test_register_adds_the_verb_with_examples(capsys: pytest.CaptureFixture[str]
     assert "examples:" in capsys.readouterr().out
 
 
-def test_reports_come_from_the_report_status_events_only() -> None:
-    reports = status.from_events(canned_events())
+def test_reports_come_from_the_report_status_results() -> None:
+    reports = status.from_results(canned_results())
     assert set(reports) == {"web1", "db1"}
     assert reports["db1"]["backups"][0]["age_hours"] == 49.5
 
@@ -112,7 +116,7 @@ def test_rows_show_release_backup_age_verification_and_days_left() -> None:
 
 def test_render_prints_every_host_and_problem_verbatim() -> None:
     buf = io.StringIO()
-    status.render(Console(file=buf, width=200, color_system=None), status.from_events(canned_events()),
+    status.render(Console(file=buf, width=200, color_system=None), status.from_results(canned_results()),
                   ["web2"], {"db2": "Read the app's local fact: permission denied"})
     out = buf.getvalue()
     assert out.index("db1") < out.index("web1")

@@ -65,34 +65,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def collect(report: Path) -> dict[str, dict[str, Any]]:
-    """Each host's opsbook_status, from the "Report status" events of the run whose JSON report is REPORT."""
-    try:
-        artifacts = Path(json.loads(report.read_text())["artifacts"])
-    except (OSError, ValueError, KeyError):
-        return {}
-    return from_events(_events(artifacts))
+    """Each host's opsbook_status, from the "Report status" results of the run whose JSON report is REPORT."""
+    return from_results(runner.task_results(report, TASK))
 
 
-def _events(artifacts: Path) -> list[dict[str, Any]]:
-    events = []
-    for path in sorted(artifacts.glob("**/job_events/*.json")):
-        try:
-            events.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return events
-
-
-def from_events(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def from_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """opsbook_status per host from the "Report status" task's result on each host."""
     out: dict[str, dict[str, Any]] = {}
-    for event in events:
-        data = event.get("event_data") or {}
-        if event.get("event") != "runner_on_ok" or data.get("task") != TASK:
-            continue
-        res = data.get("res") or {}
-        status = res.get("opsbook_status", res.get("msg")) if isinstance(res, dict) else None
+    for host, res in results.items():
+        status = res.get("opsbook_status", res.get("msg"))
         if isinstance(status, dict):
-            out[str(status.get("host") or data.get("host", "?"))] = status
+            out[str(status.get("host") or host)] = status
     return out
 
 
