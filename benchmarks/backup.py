@@ -34,6 +34,7 @@ def ssh(cmd: str, timeout: float = 3600) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ≈ 1 GB)")
+    ap.add_argument("--keep", action="store_true", help="leave bench-db and bench-store running afterwards")
     args = ap.parse_args()
     lab.down([DB, STORE], progress=False)
     hosts = {h.name: h for h in lab.up([lab.Host(DB, ""), lab.Host(STORE, "")], progress=False)}
@@ -86,7 +87,8 @@ def main() -> int:
         print(json.dumps(figures))
         return 0
     finally:
-        lab.down([DB, STORE], progress=False)
+        if not args.keep:
+            lab.down([DB, STORE], progress=False)
 
 
 if __name__ == "__main__":
