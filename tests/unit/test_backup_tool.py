@@ -29,7 +29,7 @@ ROWS = b"".join(b"%d\t%d\tname \\\\. with\\ttab\\n\t\\N\n" % (i, i * 7) for i in
 
 def split(stream: bytes, chunk: int) -> tuple[bool, list[bytes]]:
     blocks: list[bytes] = []
-    complete = tool.split_copy_rows(io.BytesIO(stream).read, blocks.append, chunk)
+    complete = tool.split_copy_rows(io.BytesIO(stream).read, lambda b: blocks.append(bytes(b)), chunk)
     return complete, blocks
 
 

@@ -240,6 +240,28 @@ def test_store_key_can_only_add_files(host: Any) -> None:
     assert listing.rc == 0 and existing in listing.stdout
 
 
+def test_store_prunes_its_copies_on_its_own_timer(host: Any) -> None:
+    """The key cannot delete on the store, so the store applies backup_retention itself: old verified copies and a
+    dump without its manifest from 2020 go; the newest verified copy stays. Nothing else on the store is touched."""
+    store = store_host()
+    assert store.service("opsbook-backup-store-prune.timer").is_enabled
+    newest = latest_good(host)
+    old = ["shop-20200105T010000Z", "shop-20200212T010000Z"]
+    for stem in old:
+        store.run("printf old > %s", f"{STORE_DIR}/{stem}.dump")
+        store.run("printf %s %s > %s", "%s", '{"verification": {"status": "passed"}}',
+                  f"{STORE_DIR}/{stem}.manifest.json")
+    store.run("printf orphan > %s", f"{STORE_DIR}/shop-20200301T010000Z.dump")
+    store.run("printf keep > %s", f"{STORE_DIR}/README")
+    start = store.run("systemctl start opsbook-backup-store-prune.service")
+    assert start.rc == 0, start.stderr + store.run("journalctl -u opsbook-backup-store-prune -n 20").stdout
+    left = set(store.run("ls %s", STORE_DIR).stdout.split())
+    assert not {n for n in left if "2020" in n}, left
+    assert {newest, newest.removesuffix(".dump") + ".manifest.json", "README"} <= left
+    assert "delete shop-20200105T010000Z.dump" in store.run("journalctl -u opsbook-backup-store-prune -n 20").stdout
+    store.run("rm -f %s", f"{STORE_DIR}/README")
+
+
 def test_failed_smoke_query_is_a_loud_failure(host: Any) -> None:
     """The app's smoke SQL (count(*) > 0 FROM pgbench_branches) fails in the restored copy: failed unit, reason in
     the journal, metrics say failed, no copy on the store, the latest good backup stays the previous one."""
