@@ -254,11 +254,13 @@ def test_store_prunes_its_copies_on_its_own_timer(host: Any) -> None:
     store.run("printf orphan > %s", f"{STORE_DIR}/shop-20200301T010000Z.dump")
     store.run("printf keep > %s", f"{STORE_DIR}/README")
     start = store.run("systemctl start opsbook-backup-store-prune.service")
-    assert start.rc == 0, start.stderr + store.run("journalctl -u opsbook-backup-store-prune -n 20").stdout
+    assert start.rc == 0, start.stderr + store.run("journalctl -t opsbook-backup-store-prune -n 20").stdout
     left = set(store.run("ls %s", STORE_DIR).stdout.split())
     assert not {n for n in left if "2020" in n}, left
     assert {newest, newest.removesuffix(".dump") + ".manifest.json", "README"} <= left
-    assert "delete shop-20200105T010000Z.dump" in store.run("journalctl -u opsbook-backup-store-prune -n 20").stdout
+    # by its identifier: lines of a short-lived process can reach the journal without their unit
+    journal = store.run("journalctl -t opsbook-backup-store-prune -n 50").stdout
+    assert "delete shop-20200105T010000Z.dump" in journal and "delete shop-20200301T010000Z.dump" in journal, journal
     store.run("rm -f %s", f"{STORE_DIR}/README")
 
 
@@ -314,7 +316,8 @@ def test_corrupted_dumps_fail_verification_and_retention_keeps_the_last_good(hos
     host.run("python3 -c %s %s %s", "import sys; open(sys.argv[1], 'w').write(sys.argv[2])",
              f"{BACKUP_DIR}/{flipped.removesuffix('.dump')}.manifest.json", json.dumps(m))
     cmd = host.run("opsbook-backup verify %s", flipped)
-    assert cmd.rc != 0 and ("pg_restore" in cmd.stderr or "differ" in cmd.stderr), cmd.stderr
+    # pg_restore, or the server reading the rows of a large table, or the row counts catch it, by where the damage is
+    assert cmd.rc != 0 and any(w in cmd.stderr for w in ("pg_restore", "COPY into", "differ")), cmd.stderr
     assert latest_good(host) == good
     assert leftovers(host) == []
     # a year later every backup is out of the policy's windows: only the last good one stays
