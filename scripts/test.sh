@@ -34,7 +34,7 @@ cleanup() {
     opsbook lab down >/dev/null 2>&1 || true
   else
     mapfile -t mine < <(opsbook lab status --json 2>/dev/null | python3 -c \
-      'import json,sys; print("\n".join(h["name"] for h in json.load(sys.stdin)["hosts"] if h["name"].startswith(("e2e-", "lc1", "pa-", "dr-"))))' || true)
+      'import json,sys; print("\n".join(h["name"] for h in json.load(sys.stdin)["hosts"] if h["name"].startswith(("e2e-", "lc1", "lc2", "lc3", "pa-", "dr-"))))' || true)
     [ ${#mine[@]} -gt 0 ] && [ -n "${mine[0]}" ] && opsbook lab down "${mine[@]}" >/dev/null 2>&1 || true
   fi
 }
@@ -43,4 +43,4 @@ trap cleanup EXIT
 step "lab tests: molecule scenarios and end-to-end (lab hosts)"
 # two workers: lab hosts of different tests run side by side; a module (e2e) or class (one molecule scenario)
 # stays on one worker, so tests that share lab hosts never run apart
-pytest -ra -v -p no:cacheprovider -n 2 --dist loadscope tests/e2e tests/molecule
+pytest -ra -v -p no:cacheprovider --durations=25 -n 2 --dist loadscope tests/e2e tests/molecule

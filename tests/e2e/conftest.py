@@ -49,6 +49,13 @@ def run_opsbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProces
                           env=env, timeout=timeout, cwd=ROOT)
 
 
+def outcome(res: subprocess.CompletedProcess[str], lines: int = 40) -> str:
+    """The end of a command's output, where the CLI prints what failed: short enough to survive CI's excerpt."""
+    out = res.stdout.splitlines()
+    cut = [f"[... {len(out) - lines} lines of progress ...]"] if len(out) > lines else []
+    return "\n".join([f"exit {res.returncode}", *cut, *out[-lines:], *res.stderr.splitlines()[-lines:]])
+
+
 def last_report(verb: str) -> dict[str, object]:
     runs = sorted((ROOT / ".opsbook" / "runs").glob(f"*-{verb}*.json"), key=lambda p: p.stat().st_mtime)
     assert runs, f"no {verb} report written"
@@ -82,7 +89,7 @@ def provisioned_lab(tmp_path_factory: pytest.TempPathFactory, groups: dict[str, 
     try:
         env = LabEnv(hosts, inv)
         res = env.opsbook("provision")
-        assert res.returncode == 0, f"provision failed:\n{res.stdout}\n{res.stderr}"
+        assert res.returncode == 0, f"provision failed:\n{outcome(res)}"
         yield env
     finally:
         lab.down([*names, *also_down], progress=False)

@@ -51,3 +51,26 @@ def test_up_down_up_down(tmp_path: Path) -> None:
         if not others:  # the whole lab was ours: its bridge and proxy are gone too
             assert not lab.bridge_exists()
             assert subprocess.run(["pgrep", "-f", "apt-cacher-ng -c"], capture_output=True).stdout == b""
+
+
+def gateway_answers(netns: str) -> bool:
+    """A TCP connection from inside a lab host to the apt proxy on the gateway, within 3 s."""
+    probe = f"exec 3<>/dev/tcp/{lab.GATEWAY}/{lab.APT_PROXY_PORT}"
+    return subprocess.run(["ip", "netns", "exec", netns, "timeout", "3", "bash", "-c", probe],
+                          capture_output=True).returncode == 0
+
+
+def test_gateway_stays_reachable_when_a_host_goes() -> None:
+    """Taking a host down must not move the gateway's MAC under the other hosts (their ARP entries would go stale
+    for about 45 s: SSH stalls, apt 'connection timed out')."""
+    hosts = {h.name: h for h in lab.up([lab.Host(name="lc2", ip=""), lab.Host(name="lc3", ip="")], progress=False)}
+    try:
+        # lc3's port gets the lowest MAC on the bridge: a bridge without an address of its own would take it
+        subprocess.run(["ip", "link", "set", hosts["lc3"].veth, "address", "00:00:00:00:00:01"], check=True)
+        subprocess.run(["ip", "netns", "exec", hosts["lc2"].netns, "ip", "neigh", "flush", "all"], check=True)
+        assert gateway_answers(hosts["lc2"].netns)  # lc2 learns the gateway's MAC now
+        lab.down(["lc3"], progress=False)
+        assert [gateway_answers(hosts["lc2"].netns) for _ in range(3)] == [True] * 3
+        assert Path(f"/sys/class/net/{lab.BRIDGE}/address").read_text().strip() == lab.BRIDGE_MAC
+    finally:
+        lab.down(["lc2", "lc3"], progress=False)

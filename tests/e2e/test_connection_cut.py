@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from opsbook import lab
-from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory
+from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory, outcome
 
 CUT_SECONDS = 30
 
@@ -74,10 +74,10 @@ def test_cut_mid_run_fails_cleanly_and_next_run_converges(cut_lab: LabEnv) -> No
     ]
     for cmd in checks:
         res = cut_lab.ssh("e2e-cut", cmd, check=False)
-        assert res.returncode == 0, f"after the cut, {cmd!r} failed: {res.stdout}{res.stderr}"
+        assert res.returncode == 0, f"after the cut, {cmd!r} failed: {outcome(res)}"
 
     res = cut_lab.opsbook("provision")
-    assert res.returncode == 0, f"the run after the cut did not converge:\n{res.stdout}\n{res.stderr}"
+    assert res.returncode == 0, f"the run after the cut did not converge:\n{outcome(res)}"
 
 
 def test_report_names_the_unreachable_host(cut_lab: LabEnv) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from opsbook import lab
-from tests.e2e.conftest import FAST, ROOT, LabEnv, provisioned_lab
+from tests.e2e.conftest import FAST, ROOT, LabEnv, outcome, provisioned_lab
 
 NAMES = ["dr-web", "dr-db", "dr-store"]
 DRILL = "dr-drill"
@@ -24,11 +24,11 @@ def dr_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
     groups = {"web": ["dr-web"], "db": ["dr-db"], "backup_store": ["dr-store"]}
     with provisioned_lab(tmp_path_factory, groups, FAST, also_down=(DRILL,)) as env:
         res = env.opsbook("deploy", "1.0.0")  # builds examples/app as 1.0.0; its migration makes the notes table
-        assert res.returncode == 0, f"deploy failed:\n{res.stdout}\n{res.stderr}"
+        assert res.returncode == 0, f"deploy failed:\n{outcome(res)}"
         sql = f"INSERT INTO notes(body) SELECT 'note ' || g FROM generate_series(1, {NOTES:d}) g"  # noqa: S608
         env.ssh("dr-db", f"cd /tmp && runuser -u postgres -- psql -q app -c \"{sql}\"")
         res = env.opsbook("backup", "run")
-        assert res.returncode == 0, f"backup failed:\n{res.stdout}\n{res.stderr}"
+        assert res.returncode == 0, f"backup failed:\n{outcome(res)}"
         yield env
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import FAST, ROOT, LabEnv, provisioned_lab
+from tests.e2e.conftest import FAST, ROOT, LabEnv, outcome, provisioned_lab
 
 CERT_DIR = "/etc/letsencrypt/live/pa-db.opsbook.test"
 METRICS = "/var/lib/prometheus/node-exporter/opsbook_backup_app.prom"
@@ -44,7 +44,7 @@ def _pem(days: float) -> str:
 def pa_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
     with provisioned_lab(tmp_path_factory, {"db": ["pa-db"], "backup_store": ["pa-store"]}, FAST) as env:
         res = env.opsbook("backup", "run")
-        assert res.returncode == 0, f"backup run failed:\n{res.stdout}\n{res.stderr}"
+        assert res.returncode == 0, f"backup run failed:\n{outcome(res)}"
         env.ssh("pa-db", f"mkdir -p {CERT_DIR} && cat > {CERT_DIR}/cert.pem <<'EOF'\n{_pem(60.5)}EOF\n")
         yield env
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import opsbook.portscan
-from tests.e2e.conftest import LabEnv, last_report
+from tests.e2e.conftest import LabEnv, last_report, outcome
 
 PORTSCAN = Path(opsbook.portscan.__file__)
 
@@ -18,7 +18,7 @@ PORTSCAN = Path(opsbook.portscan.__file__)
 @pytest.fixture(scope="module")
 def provisioned(web_lab: LabEnv) -> LabEnv:
     res = web_lab.opsbook("provision")
-    assert res.returncode == 0, f"first provision failed:\n{res.stdout}\n{res.stderr}"
+    assert res.returncode == 0, f"first provision failed:\n{outcome(res)}"
     report = last_report("provision")
     assert report["hosts"]["e2e-web"]["changed"] > 0  # type: ignore[index]
     return web_lab
