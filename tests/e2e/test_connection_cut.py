@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from opsbook import lab
-from tests.e2e.conftest import ROOT, LabEnv, boot, make_inventory, outcome
+from tests.e2e.conftest import FAST, ROOT, LabEnv, boot, make_inventory, outcome
 
 CUT_SECONDS = 30
 
@@ -21,7 +21,7 @@ CUT_SECONDS = 30
 @pytest.fixture(scope="module")
 def cut_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
     hosts = boot(["e2e-cut"])
-    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab", {"web": [hosts["e2e-cut"]]})
+    inv = make_inventory(tmp_path_factory.mktemp("inv") / "lab", {"web": [hosts["e2e-cut"]]}, FAST)
     try:
         yield LabEnv(hosts, inv)
     finally:

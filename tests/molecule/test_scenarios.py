@@ -1,4 +1,5 @@
-"""Every molecule scenario (one per role) passes: check on a fresh host, converge, idempotence, check, verify.
+"""Every molecule scenario (one per role) passes: check on a fresh host, converge, idempotence, verify (app, backup
+and postgresql: check again on the converged host; the e2e provision test does that for the web roles together).
 
 One test class per scenario, so that `pytest -n 2 --dist loadscope` spreads scenarios over both workers.
 """
