@@ -304,6 +304,7 @@ def ensure_apt_proxy() -> None:
             f"PidFile: {RUN_DIR / 'acng-daemon.pid'}",
             f"SocketPath: {RUN_DIR / 'acng.socket'}",
             "ExThreshold: 4",
+            "DlMaxRetries: 5",  # retry a broken upstream download instead of passing a short answer on
             "PassThroughPattern: .*",
             "",
         ])
@@ -523,6 +524,11 @@ def _prepare_root(h: Host, base: Path) -> None:
         f"127.0.0.1\tlocalhost\n127.0.1.1\t{h.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     )
     (root / "etc/machine-id").write_text(hashlib.md5(f"{h.name}{time.time()}".encode()).hexdigest() + "\n")  # noqa: S324
+    # apt through the lab's proxy: one request per connection (a pipelined request lost when the proxy closed the
+    # connection once left apt-get update waiting forever, its http method idle), a timeout and retries
+    (root / "etc/apt/apt.conf.d/02opsbook-lab-robust").write_text(
+        'Acquire::http::Pipeline-Depth "0";\nAcquire::http::Timeout "30";\nAcquire::Retries "3";\n'
+    )
     (root / "etc/systemd/network/10-lab.network").write_text(
         f"[Match]\nName=host0\n\n[Network]\nAddress={h.ip}/{SUBNET.prefixlen}\nGateway={GATEWAY}\n"
         "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
