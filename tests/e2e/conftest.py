@@ -98,6 +98,11 @@ def provisioned_lab(tmp_path_factory: pytest.TempPathFactory, groups: dict[str, 
 def boot(names: list[str]) -> dict[str, lab.Host]:
     if os.geteuid() != 0:
         pytest.skip("lab tests need root")
+    # `lab up` of a running host returns it as it is: a second test run on this machine would silently share it
+    taken = sorted({h.name for h in lab.load_hosts()} & set(names))
+    if taken:
+        pytest.fail(f"lab hosts {', '.join(taken)} are already up: another test run is using them, or an aborted one "
+                    f"left them (then: opsbook lab down {' '.join(taken)})")
     hosts = lab.up([lab.Host(name=n, ip="") for n in names], progress=False)
     return {h.name: h for h in hosts}
 
