@@ -240,28 +240,102 @@ def test_store_key_can_only_add_files(host: Any) -> None:
     assert listing.rc == 0 and existing in listing.stdout
 
 
+def store_sha256s(store: Any) -> dict[str, str]:
+    out = store.run("cd %s && sha256sum -- *.dump", STORE_DIR).stdout
+    return {line.split()[1]: line.split()[0] for line in out.splitlines()}
+
+
 def test_store_prunes_its_copies_on_its_own_timer(host: Any) -> None:
-    """The key cannot delete on the store, so the store applies backup_retention itself: old verified copies and a
-    dump without its manifest from 2020 go; the newest verified copy stays. Nothing else on the store is touched."""
+    """The key cannot delete on the store, so the store applies backup_retention itself, by the receipt times of its
+    ledger, as an unprivileged sandboxed user: copies the ledger says arrived in 2020 go (the names say nothing);
+    the newest copy stays; files the ledger does not list are never touched."""
     store = store_host()
     assert store.service("opsbook-backup-store-prune.timer").is_enabled
+    unit = store.run("systemctl show opsbook-backup-store-prune.service -p User -p PrivateNetwork -p ProtectSystem")
+    assert "User=opsbook-backup-prune" in unit.stdout and "ProtectSystem=strict" in unit.stdout, unit.stdout
+    score = store.run("systemd-analyze security opsbook-backup-store-prune.service --no-pager | tail -1")
+    exposure = float(score.stdout.split("level for opsbook-backup-store-prune.service:")[1].split()[0])
+    assert exposure <= 5.0, score.stdout
     newest = latest_good(host)
-    old = ["shop-20200105T010000Z", "shop-20200212T010000Z"]
-    for stem in old:
-        store.run("printf old > %s", f"{STORE_DIR}/{stem}.dump")
-        store.run("printf %s %s > %s", "%s", '{"verification": {"status": "passed"}}',
-                  f"{STORE_DIR}/{stem}.manifest.json")
-    store.run("printf orphan > %s", f"{STORE_DIR}/shop-20200301T010000Z.dump")
+    received_2020 = ["shop-20260105T010000Z", "shop-20260212T010000Z"]  # named for 2026, received in 2020
+    lines = []
+    for i, stem in enumerate(received_2020):
+        for name, content in ((f"{stem}.dump", "old"), (f"{stem}.manifest.json", '{"verification": {}}')):
+            store.run("printf %s %s > %s", "%s", content, f"{STORE_DIR}/{name}")
+            digest = sha256(store, f"{STORE_DIR}/{name}")
+            lines.append(json.dumps({"name": name, "size": len(content), "sha256": digest,
+                                     "received": f"2020-0{i + 1}-05T01:00:00Z"}))
+    # the past written into the store's ledger by the test (as root): nothing a database host's key can do
+    for line in lines:
+        assert store.run("printf '%%s\\n' %s >> %s", line, f"{STORE_DIR}/ledger.jsonl").rc == 0
+    store.run("printf keep > %s", f"{STORE_DIR}/shop-20200301T010000Z.dump")  # not received: not the store's
     store.run("printf keep > %s", f"{STORE_DIR}/README")
     start = store.run("systemctl start opsbook-backup-store-prune.service")
     assert start.rc == 0, start.stderr + store.run("journalctl -t opsbook-backup-store-prune -n 20").stdout
     left = set(store.run("ls %s", STORE_DIR).stdout.split())
-    assert not {n for n in left if "2020" in n}, left
-    assert {newest, newest.removesuffix(".dump") + ".manifest.json", "README"} <= left
+    assert not {n for n in left if n.startswith(tuple(received_2020))}, left
+    assert {newest, newest.removesuffix(".dump") + ".manifest.json", "README", "shop-20200301T010000Z.dump"} <= left
     # by its identifier: lines of a short-lived process can reach the journal without their unit
     journal = store.run("journalctl -t opsbook-backup-store-prune -n 50").stdout
-    assert "delete shop-20200105T010000Z.dump" in journal and "delete shop-20200301T010000Z.dump" in journal, journal
-    store.run("rm -f %s", f"{STORE_DIR}/README")
+    assert "delete shop-20260105T010000Z.dump" in journal and "delete shop-20260212T010000Z.dump" in journal, journal
+    store.run("rm -f %s %s", f"{STORE_DIR}/README", f"{STORE_DIR}/shop-20200301T010000Z.dump")
+
+
+def test_a_flood_of_forged_copies_over_the_key_leaves_every_real_copy(host: Any) -> None:
+    """Issue 11 item 1 over SSH with the database host's real key: 50 one-byte dumps named for the last 50 days at
+    23:59:59, with manifests saying passed. After the store's prune unit every real copy is there, byte-identical,
+    and the store's `newest` still names the newest real copy."""
+    store = store_host()
+    real = store_sha256s(store)
+    assert real
+    newest = latest_good(host)
+    address = store.ansible.get_variables()["ansible_host"]
+    ssh = (f"ssh -i {KEY} -o BatchMode=yes -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} "
+           f"-o StrictHostKeyChecking=yes opsbook-backup@{address}")
+    flood = f"""
+set -e
+cd "$(mktemp -d)"
+printf x > dump
+for i in $(seq 1 50); do
+  stem=shop-$(date -u -d "-$i days" +%Y%m%d)T235959Z
+  printf '{{"file": "%s.dump", "sha256": "%s", "size": 1, "verification": {{"status": "passed"}}}}' \
+    $stem $(sha256sum < dump | cut -d' ' -f1) > manifest
+  {ssh} put $stem.dump $(sha256sum < dump | cut -d' ' -f1) < dump
+  {ssh} put $stem.manifest.json $(sha256sum < manifest | cut -d' ' -f1) < manifest
+done
+"""
+    cmd = host.run("bash -c %s", flood)
+    assert cmd.rc == 0, cmd.stderr[-2000:]
+    assert len(store_sha256s(store)) == len(real) + 50
+    start = store.run("systemctl start opsbook-backup-store-prune.service")
+    assert start.rc == 0, start.stderr + store.run("journalctl -t opsbook-backup-store-prune -n 20").stdout
+    after = store_sha256s(store)
+    assert {n: after.get(n) for n in real} == real
+    picked = store.run("opsbook-backup-store newest --dir %s --database %s", STORE_DIR, DB)
+    assert picked.rc == 0, picked.stderr
+    assert json.loads(picked.stdout)["dump"] == newest
+    assert "T235959Z" not in picked.stdout
+
+
+def test_the_store_key_is_refused_from_another_address(host: Any, tmp_path: Path) -> None:
+    """The key's authorized_keys line carries from="<db host address>": the same private key, used from the
+    controller (another address), is refused before the forced command runs."""
+    store = store_host()
+    line = store.file("/srv/opsbook-backup/.ssh/authorized_keys").content_string
+    db_address = host.ansible.get_variables()["ansible_host"]
+    assert f'from="{db_address}"' in line and "--max-bytes" in line, line
+    key = tmp_path / "stolen_key"
+    key.write_text(host.file(KEY).content_string)
+    key.chmod(0o600)
+    address = store.ansible.get_variables()["ansible_host"]
+    stolen = subprocess.run(["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                             "-o", "ConnectTimeout=20", f"opsbook-backup@{address}", "list"],
+                            capture_output=True, text=True, timeout=60)
+    assert stolen.returncode == 255 and "Permission denied" in stolen.stderr, stolen.stderr
+    from_db = host.run(f"ssh -i {KEY} -o BatchMode=yes -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} "
+                       f"-o StrictHostKeyChecking=yes opsbook-backup@{address} list")
+    assert from_db.rc == 0, from_db.stderr
 
 
 def test_failed_smoke_query_is_a_loud_failure(host: Any) -> None:
