@@ -195,7 +195,7 @@ def test_a_flood_of_forged_copies_deletes_no_real_copy_and_newest_stays_real(tmp
 ])
 def test_names_other_than_strict_dump_and_manifest_names_are_refused(host_dir: Path, name: str) -> None:
     rc, _, err, _ = put(host_dir, name, b"PGDMP x")
-    assert rc != 0 and "only `put NAME SHA256`" in err
+    assert rc != 0 and "only `put NAME SHA256` and `list` are allowed" in err
     assert [p.name for p in host_dir.parent.rglob("*") if p.is_file()] == []
 
 
