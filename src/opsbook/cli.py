@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  opsbook provision -i inventories/prod --limit web1\n"
             "  opsbook deploy 2.0.0                blue/green, health-gated, zero failed requests\n"
             "  opsbook rollback                    back to the previous release\n"
-            "\nexit codes: 0 ok, 1 usage or lab error, 2 a task failed, 3 a host was unreachable"
+            "\nexit codes: 0 ok; 1 usage or lab error (also a bad value, an inventory that is missing, does not\n"
+            "parse or has no hosts, a --limit that matches none of them: nothing ran); 2 a task failed, or no host\n"
+            "matched a play (nothing was done); 3 a host was unreachable"
         ),
     )
     parser.add_argument("--version", action="version", version=f"opsbook {__version__}")
@@ -48,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse says 2 for a usage error; opsbook's 2 means "a task failed"
         return 1 if exc.code == 2 else int(exc.code or 0)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except SystemExit as exc:  # a refused request (SystemExit("message")): say it, exit 1
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 1
+        raise
     return rc
 
 

@@ -5,9 +5,12 @@ The wrapper adds display, reports and exit codes; every decision lives in the pl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -16,14 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import yaml
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from opsbook import paths
+from opsbook.values import VAR_NAME
 
 FAILED_EVENTS = {"runner_on_failed"}
 UNREACHABLE_EVENTS = {"runner_on_unreachable"}
+# an inventory source that does not parse fails the run (Ansible's default is a warning and no hosts)
+STRICT_INVENTORY_ENV = {
+    "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+    "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
+}
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class UsageError(SystemExit):
+    """A request that can't be run (inventory, limit, value): the message, exit 1, and nothing ran."""
 
 
 @dataclass
@@ -45,10 +62,16 @@ class RunResult:
     hosts: dict[str, HostTally]
     report: Path
     seconds: float
+    error: str = ""  # why the run as a whole failed (Ansible's own words), when no host's task says it
+
+    @property
+    def no_hosts(self) -> bool:
+        """Nothing ran: no play matched a host (an empty recap). Never a success."""
+        return not self.hosts
 
     @property
     def ok(self) -> bool:
-        return self.rc == 0 and not any(t.failed or t.unreachable for t in self.hosts.values())
+        return self.rc == 0 and not self.no_hosts and not any(t.failed or t.unreachable for t in self.hosts.values())
 
 
 def _event_message(data: dict[str, Any]) -> str:
@@ -119,14 +142,14 @@ class Progress:
         return True
 
     def table(self) -> Table:
-        tbl = Table(title=f"{self.play} — {self.task}" if self.play else "starting", expand=False)
+        tbl = Table(title=Text(f"{self.play} — {self.task}" if self.play else "starting"), expand=False)
         for col in ("host", "ok", "changed", "failed", "unreachable", "skipped", "last task"):
             tbl.add_column(col)
         for name in sorted(self.hosts):
             t = self.hosts[name]
             style = "red" if t.failed or t.unreachable else ("yellow" if t.changed else "green")
-            tbl.add_row(name, str(t.ok), str(t.changed), str(t.failed), str(t.unreachable), str(t.skipped),
-                        t.task[:60], style=style)
+            tbl.add_row(Text(name), str(t.ok), str(t.changed), str(t.failed), str(t.unreachable), str(t.skipped),
+                        Text(t.task[:60]), style=style)
         return tbl
 
 
@@ -137,7 +160,7 @@ def _render_diff(console: Console, diffs: list[dict[str, Any]]) -> None:
             if not isinstance(d, dict):
                 continue
             header = d.get("after_header") or d.get("before_header") or ""
-            console.print(f"[bold]{item['host']}[/] {item['task']} {header}")
+            console.print(Text.assemble((str(item["host"]), "bold"), f" {item['task']} {header}"))
             if "prepared" in d:
                 console.print(d["prepared"], markup=False, highlight=False)
             elif "before" in d or "after" in d:
@@ -147,6 +170,78 @@ def _render_diff(console: Console, diffs: list[dict[str, Any]]) -> None:
                 after = str(d.get("after", "")).splitlines(keepends=True)
                 text = "".join(difflib.unified_diff(before, after, "before", "after"))
                 console.print(text or "(state change)", markup=False, highlight=False)
+
+
+def _ansible_env(root: Path) -> dict[str, str]:
+    """The environment of every Ansible command opsbook runs (added to the caller's own)."""
+    return {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        # the ansible-* commands of the environment opsbook runs in, even when it is called by its full path
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        **STRICT_INVENTORY_ENV,
+    }
+
+
+def _ansible_said(text: str, limit: int = 30) -> str:
+    """Ansible's error output without colours and blank lines, at most the last LIMIT lines."""
+    lines = [line.rstrip() for line in ANSI.sub("", text).splitlines() if line.strip()]
+    return "\n".join(lines[-limit:])
+
+
+def _list_hosts(inventory: Path, limit: str | None, root: Path) -> tuple[int, list[str], str]:
+    cmd = ["ansible", "all", "-i", str(inventory), "--list-hosts"] + (["--limit", limit] if limit else [])
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env={**os.environ, **_ansible_env(root)},
+                         check=False)
+    hosts = [line.strip() for line in res.stdout.splitlines()[1:] if line.strip()] if res.returncode == 0 else []
+    return res.returncode, hosts, res.stderr
+
+
+def check_inventory(inventory: str, limit: str | None = None, root: Path | None = None) -> tuple[Path, list[str]]:
+    """The inventory's absolute path and the hosts it (and the limit) selects, as Ansible itself parses them.
+
+    Raises UsageError naming the path (or the limit) when it is missing, unreadable, does not parse or selects no
+    host: ansible-runner would take a path it can't find for inventory text, and Ansible runs an inventory that
+    does not parse as an empty one; either way nothing would run and the run would say ok."""
+    root = root or paths.project_root()
+    path = Path(inventory).expanduser()
+    if not path.exists():
+        raise UsageError(f"opsbook: inventory {inventory}: no such file or directory (-i takes an inventory path)")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise UsageError(f"opsbook: inventory {inventory}: not readable")
+    path = path.resolve()
+    rc, hosts, err = _list_hosts(path, limit, root)
+    if rc == 0 and hosts:
+        return path, hosts
+    if limit:  # the same without the limit says whether the inventory or the limit selects nothing
+        rc_all, all_hosts, err_all = _list_hosts(path, None, root)
+        if rc_all == 0 and all_hosts:
+            raise UsageError(f"opsbook: --limit {limit} matches no host of inventory {path} "
+                             f"(it has {len(all_hosts)}: {', '.join(all_hosts[:10])})")
+        rc, err = rc_all, err_all
+    if "no hosts to target" in err or rc == 0:
+        raise UsageError(f"opsbook: inventory {path} has no hosts")
+    raise UsageError(f"opsbook: inventory {path} does not parse; Ansible said:\n{_ansible_said(err)}")
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    pass
+
+
+def write_extravars(path: Path, extravars: dict[str, Any]) -> None:
+    """Write extra vars for `-e @PATH` as data that Ansible never templates: the document is tagged !unsafe.
+
+    The tag on the top mapping makes every string in it untrusted while keeping each value's type (ansible-core
+    re-resolves a tagged scalar itself, so `!unsafe '1.10'` on a value would become the float 1.1). 0600: -e
+    values may be secrets."""
+    for key in extravars:
+        if not isinstance(key, str) or not VAR_NAME.fullmatch(key):
+            raise UsageError(f"opsbook: --extra-vars: {key!r} is not a variable name")
+    text = "--- !unsafe\n" + yaml.dump(extravars, Dumper=_UnsafeDumper, sort_keys=True, allow_unicode=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def run_playbook(
@@ -159,8 +254,11 @@ def run_playbook(
     verb: str | None = None,
     quiet: bool = False,
 ) -> RunResult:
+    """Run playbooks/PLAYBOOK (or an absolute playbook path) after checking the inventory and the limit.
+
+    extravars are data: passed in a file tagged !unsafe, never templated."""
     root = paths.project_root()
-    inv = inventory or str(root / "inventories" / "lab")
+    inv, _ = check_inventory(inventory or str(root / "inventories" / "lab"), limit, root)
     cmdline = []
     if check:
         cmdline.append("--check")
@@ -171,14 +269,11 @@ def run_playbook(
     artifacts.mkdir(parents=True, exist_ok=True)
     _prune(artifacts, keep=20)
     (artifacts / run_id).mkdir()
+    # ansible-runner passes env/extravars of the private data dir as `-e @file` (its own dump would be templated)
+    write_extravars(artifacts / run_id / "env" / "extravars", extravars or {})
     console = Console(stderr=True, quiet=quiet)
     progress = Progress()
-    envvars = {
-        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
-        "ANSIBLE_FORCE_COLOR": "0",
-        # the ansible-* commands of the environment opsbook runs in, even when it is called by its full path
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
+    envvars = _ansible_env(root)
     start = time.monotonic()
     with Live(progress.table(), console=console, refresh_per_second=4, transient=False,
               auto_refresh=console.is_terminal) as live:
@@ -195,10 +290,9 @@ def run_playbook(
             private_data_dir=str(artifacts / run_id),
             project_dir=str(root),
             playbook=str(root / "playbooks" / playbook),
-            inventory=inv,
+            inventory=str(inv),
             limit=limit,
             cmdline=" ".join(cmdline) or None,
-            extravars=extravars or {},
             envvars=envvars,
             event_handler=on_event,
             quiet=True,
@@ -218,9 +312,15 @@ def run_playbook(
                 setattr(tally, attr, n)
     if check or diff:
         _render_diff(console, progress.diffs)
-    report = write_report(verb or playbook.removesuffix(".yml"), {
+    error = ""
+    if r.rc and not any(t.failed or t.unreachable for t in progress.hosts.values()):
+        error = run_error(Path(r.config.artifact_dir))
+    elif not progress.hosts and not r.rc:
+        error = (f"no host matched: the plays' host patterns{' and --limit ' + limit if limit else ''} select no host "
+                 f"of {inv}; nothing was done")
+    report = write_report(verb or Path(playbook).name.removesuffix(".yml"), {
         "playbook": playbook,
-        "inventory": inv,
+        "inventory": str(inv),
         "limit": limit,
         "check": check,
         "status": r.status,
@@ -228,12 +328,28 @@ def run_playbook(
         "seconds": round(seconds, 2),
         "hosts": {h: {k: v for k, v in vars(t).items()} for h, t in sorted(progress.hosts.items())},
         "failures": progress.failures,
+        "error": error,
         "artifacts": str(artifacts / run_id),
     })
-    result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds)
+    result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds, error)
     if not quiet:
         summarize(console, result, progress)
+    elif error:  # quiet hides progress, not why nothing (or not everything) was done
+        Console(stderr=True).print(Text.assemble(("FAILED", "red"), f" {error}"), highlight=False)
     return result
+
+
+def run_error(artifact_dir: Path) -> str:
+    """Why a run failed as a whole (a vault, syntax or inventory error): Ansible's own words from its output."""
+    text = ""
+    for name in ("stdout", "stderr"):
+        with contextlib.suppress(OSError):
+            text += (artifact_dir / name).read_text(errors="replace") + "\n"
+    lines = [line.rstrip() for line in ANSI.sub("", text).splitlines() if line.strip()]
+    for n, line in enumerate(lines):
+        if line.startswith(("[ERROR]", "ERROR!")):
+            return "\n".join(lines[n:n + 30])
+    return "\n".join(lines[-10:]) or "ansible-playbook failed without saying why"
 
 
 def _prune(directory: Path, keep: int) -> None:
@@ -246,13 +362,22 @@ def _prune(directory: Path, keep: int) -> None:
 
 
 def summarize(console: Console, result: RunResult, progress: Progress) -> None:
+    """Failures, the run's own error and the verdict. Host messages and names are text, never Rich markup."""
     for f in progress.failures:
-        console.print(f"[red]FAILED[/] {f['host']} · {f['task']}: {f['message']}", highlight=False)
+        console.print(Text.assemble(("FAILED", "red"), f" {f['host']} · {f['task']}: {f['message']}"),
+                      highlight=False)
+    if result.error:
+        console.print(Text.assemble(("FAILED", "red"), f" {result.error}"), highlight=False)
+        if "vault" in result.error.lower():
+            console.print("[yellow]hint:[/] the inventory has ansible-vault secrets: set ANSIBLE_VAULT_PASSWORD_FILE "
+                          "to a 0600 file holding the vault password (see inventories/example/README.md)",
+                          highlight=False)
     if any(t.unreachable for t in result.hosts.values()):
         console.print("[yellow]hint:[/] an unreachable host stopped where it was; configs are replaced atomically and "
                       "validated, so none is half-written. Restore SSH access and run again.", highlight=False)
     word = "[green]ok[/]" if result.ok else "[red]failed[/]"
-    console.print(f"{result.playbook}: {word} in {result.seconds:.1f} s — report {result.report}")
+    console.print(f"{escape(result.playbook)}: {word} in {result.seconds:.1f} s — report {escape(str(result.report))}",
+                  highlight=False)
 
 
 def write_report(verb: str, data: dict[str, Any]) -> Path:
@@ -290,6 +415,7 @@ def task_results(report: Path, task: str) -> dict[str, dict[str, Any]]:
 
 
 def exit_code(result: RunResult) -> int:
+    """0 ok; 3 a host was unreachable; 2 a task or the run failed, or no host matched (nothing was done)."""
     if result.ok:
         return 0
     if any(t.unreachable for t in result.hosts.values()):

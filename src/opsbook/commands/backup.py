@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from opsbook import runner
+from opsbook import runner, values
 from opsbook.commands.provision import add_common, parse_extravars
 
 TASK = "Run opsbook-backup"
@@ -31,8 +31,11 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         ),
     )
     p.add_argument("action", choices=["run", "verify", "list", "restore"])
-    p.add_argument("file", nargs="?", help="dump file name (verify: default the newest; restore: required)")
-    p.add_argument("--database", default="", help="database (default: the only one configured on each host)")
+    p.add_argument("file", nargs="?", type=values.dump_file,
+                   help="dump file name, <database>-YYYYMMDDTHHMMSSZ.dump (verify: default the newest; "
+                        "restore: required)")
+    p.add_argument("--database", default="", type=values.database,
+                   help="database (default: the only one configured on each host)")
     p.add_argument("--yes-overwrite-live", action="store_true",
                    help="restore: replace the LIVE database with the backup's contents")
     add_common(p, check=False)

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from opsbook import paths, runner
+from opsbook import paths, runner, values
 from opsbook.commands.provision import add_common, parse_extravars
 
 REPORT_TASK = "Report releases"
@@ -39,8 +39,9 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         ),
     )
     d.add_argument("target", metavar="TARGET")
-    d.add_argument("--version", help="with a source directory: the version to build it as")
-    d.add_argument("--serial", type=int, default=1, metavar="N", help="hosts deployed at a time (default 1)")
+    d.add_argument("--version", type=values.version, help="with a source directory: the version to build it as")
+    d.add_argument("--serial", type=values.positive_int, default=1, metavar="N",
+                   help="hosts deployed at a time (default 1)")
     add_common(d)
     d.set_defaults(func=run_deploy)
 
@@ -51,8 +52,10 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         description="Run playbooks/rollback.yml: the releases are on the hosts already, nothing is built or shipped.",
         epilog="examples:\n  opsbook rollback\n  opsbook rollback --to 1.0.0",
     )
-    r.add_argument("--to", default="", metavar="VERSION", help="release to go back to (default: the previous one)")
-    r.add_argument("--serial", type=int, default=1, metavar="N", help="hosts rolled back at a time (default 1)")
+    r.add_argument("--to", default="", type=values.optional_version, metavar="VERSION",
+                   help="release to go back to (default: the previous one)")
+    r.add_argument("--serial", type=values.positive_int, default=1, metavar="N",
+                   help="hosts rolled back at a time (default 1)")
     add_common(r)
     r.set_defaults(func=run_rollback)
 
@@ -65,6 +68,14 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
 def build_script() -> Path:
     return paths.project_root() / "roles" / "app" / "files" / "opsbook-app-build"
+
+
+def checked_version(value: Any, where: str) -> str:
+    """VALUE if it is a version (values.VERSION, a full match), else exit 1 saying WHERE it came from."""
+    if not isinstance(value, str) or not values.VERSION.fullmatch(value):
+        raise SystemExit(f"opsbook deploy: {where}: not a version: {value!r} (a letter or digit followed by at "
+                         "most 63 letters, digits and . _ + -)")
+    return value
 
 
 def target_vars(target: str, version: str | None, name: str = "app") -> dict[str, Any]:
@@ -80,7 +91,8 @@ def target_vars(target: str, version: str | None, name: str = "app") -> dict[str
             raise SystemExit(res.stderr.strip() or res.stdout.strip())
         built = json.loads(res.stdout)
         print(f"built {built['artifact']} ({'reused' if built['reused'] else 'new'})", file=sys.stderr)
-        return {"app_version": built["version"], "app_artifact": built["artifact"], "app_source_dir": ""}
+        return {"app_version": checked_version(built["version"], f"the version of {target}"),
+                "app_artifact": built["artifact"], "app_source_dir": ""}
     if target.endswith((".tar.gz", ".tgz")):
         if not path.is_file():
             raise SystemExit(f"opsbook deploy: no artifact at {target}")
@@ -89,10 +101,11 @@ def target_vars(target: str, version: str | None, name: str = "app") -> dict[str
             if member is None:
                 raise SystemExit(f"opsbook deploy: {target} has no manifest.json (not an opsbook-app-build artifact)")
             manifest = json.loads(member.read())
-        return {"app_version": manifest["version"], "app_artifact": str(path.resolve()), "app_source_dir": ""}
+        return {"app_version": checked_version(manifest.get("version"), f"the manifest of {target}"),
+                "app_artifact": str(path.resolve()), "app_source_dir": ""}
     if version:
         raise SystemExit("opsbook deploy: --version goes with a source directory, not a version")
-    return {"app_version": target}
+    return {"app_version": checked_version(target, "TARGET (no such directory or .tar.gz artifact)")}
 
 
 def run_deploy(args: argparse.Namespace) -> int:

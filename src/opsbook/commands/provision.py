@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from opsbook import runner
+from opsbook import runner, values
 
 
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -33,7 +33,7 @@ def add_common(p: argparse.ArgumentParser, check: bool = True) -> None:
         p.add_argument("-C", "--check", action="store_true",
                        help="change nothing; show the diff of what would change")
     p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra variable (repeatable); values are YAML")
+                   help="extra variable (repeatable); values are YAML, passed as data (never templated)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
@@ -45,7 +45,12 @@ def parse_extravars(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"opsbook: --extra-vars wants KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        if not values.VAR_NAME.fullmatch(key):
+            raise SystemExit(f"opsbook: --extra-vars: {key!r} is not a variable name (letters, digits, _)")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SystemExit(f"opsbook: --extra-vars {key}: the value is not YAML: {exc}") from None
     return out
 
 
