@@ -53,6 +53,24 @@ BAD = {
 }
 
 
+FIREWALL_DOWN = {
+    "host": "db2",
+    "checked_at": "2026-11-22T04:00:00Z",
+    "app": None, "backups": [], "certificates": [],
+    "units": [
+        {"what": "firewall", "unit": "nftables.service", "load_state": "loaded", "active_state": "failed",
+         "sub_state": "failed", "result": "exit-code",
+         "problems": ["firewall nftables.service: failed (failed, result exit-code): the firewall is not loaded"]},
+        {"what": "database", "unit": "postgresql@15-main.service", "load_state": "loaded", "active_state": "inactive",
+         "sub_state": "dead", "result": "success",
+         "problems": ["database postgresql@15-main.service: inactive (dead, result success): "
+                      "the database is not running"]},
+    ],
+    "problems": ["firewall nftables.service: failed (failed, result exit-code): the firewall is not loaded",
+                 "database postgresql@15-main.service: inactive (dead, result success): the database is not running"],
+}
+
+
 def ev(kind: str, **data: Any) -> dict[str, Any]:
     return {"event": kind, "event_data": data}
 
@@ -125,12 +143,25 @@ def test_render_prints_every_host_and_problem_verbatim() -> None:
     assert "web2: unreachable" in out and "db2: no report: Read the app's local fact" in out
 
 
+def test_rows_and_render_show_a_failed_firewall_and_a_stopped_database() -> None:
+    assert status.rows(FIREWALL_DOWN) == [
+        ("firewall nftables.service", "failed (failed)", "loaded, result exit-code", True),
+        ("database postgresql@15-main.service", "inactive (dead)", "loaded, result success", True),
+    ]
+    buf = io.StringIO()
+    status.render(Console(file=buf, width=200, color_system=None), {"db2": FIREWALL_DOWN}, [], {})
+    out = buf.getvalue()
+    assert "db2 — 2 problem(s)" in out
+    assert "problem: firewall nftables.service: failed" in out and "the database is not running" in out
+
+
 @pytest.mark.parametrize(
     ("tally", "rc", "reports", "expected"),
     [
         (runner.HostTally(ok=9), 0, {"web1": GOOD}, 0),
         (runner.HostTally(ok=9, failed=1), 2, {"db1": BAD}, 2),
         (runner.HostTally(ok=9), 0, {"db1": BAD}, 2),  # a problem never exits 0
+        (runner.HostTally(ok=9), 0, {"db2": FIREWALL_DOWN}, 2),
         (runner.HostTally(unreachable=1), 4, {}, 3),
     ],
 )
@@ -185,6 +216,21 @@ def fake_host(tmp_path: Path) -> Path:
     listing = {"database": "app", "dir": "/x", "backups": [
         {"file": "app-1.dump", "snapshot_time": _iso(now - 3600), "verification": "passed", "latest_good": True}]}
     (tmp_path / "list.json").write_text(json.dumps(listing))
+    # systemctl show: every unit active, unless units.json names its properties (tests write it)
+    (tmp_path / "units.json").write_text("{}")
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, sys
+        unit = sys.argv[-1]
+        units = json.load(open({str(tmp_path / "units.json")!r}))
+        if unit == "broken.service":
+            sys.exit("Failed to connect to bus: No such file or directory")
+        state = {{"LoadState": "loaded", "ActiveState": "active", "SubState": "running", "Result": "success"}}
+        state.update(units.get(unit, {{}}))
+        print("\\n".join(f"{{k}}={{v}}" for k, v in state.items()))
+        """))
+    systemctl.chmod(0o755)
     cmd = tmp_path / "opsbook-backup"
     cmd.write_text(f"#!/bin/sh\n[ \"$2\" = app ] && [ \"$3\" = list ] && exec cat {tmp_path / 'list.json'}\nexit 2\n")
     cmd.chmod(0o755)
@@ -193,6 +239,7 @@ def fake_host(tmp_path: Path) -> Path:
         "backup_databases": [{"name": "app"}],
         "status_app_fact_file": str(tmp_path / "app.fact"), "status_cert_dir": str(tmp_path / "live"),
         "__status_backup_command": str(cmd), "__status_backup_config_dir": str(tmp_path / "cfg"),
+        "__status_systemctl": str(systemctl),
     }}}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
     return tmp_path
@@ -229,6 +276,9 @@ def test_playbook_healthy_host_passes(fake_host: Path) -> None:
     (cert,) = report["certificates"]
     assert cert["name"] == "web1.example.test" and cert["days_left"] == 60
     assert "TOKEN-never-shown" not in out  # the database's config (ping URLs) is read with no_log
+    (unit,) = report["units"]  # a web host: the firewall, no database
+    assert (unit["what"], unit["unit"], unit["active_state"], unit["problems"]) == (
+        "firewall", "nftables.service", "active", [])
 
 
 def test_playbook_fails_the_host_for_each_problem(fake_host: Path) -> None:
@@ -270,3 +320,46 @@ def test_playbook_never_run_backup(fake_host: Path) -> None:
     assert rc != 0
     assert report["problems"] == ["backup app: never ran (no backup, no metrics)"]
     assert report["backups"][0]["summary"] == "backup app: no verified backup; last run unknown"
+
+
+def test_playbook_fails_for_a_failed_firewall_and_a_stopped_database(fake_host: Path) -> None:
+    """Issue 11 item 6: after a boot with an invalid /etc/nftables.conf, nftables.service is failed and PostgreSQL
+    (which requires it) was not started; status must say both and fail."""
+    (fake_host / "units.json").write_text(json.dumps({
+        "nftables.service": {"ActiveState": "failed", "SubState": "failed", "Result": "exit-code"},
+        "postgresql@15-main.service": {"ActiveState": "inactive", "SubState": "dead", "Result": "success"},
+    }))
+    rc, report, out = play(fake_host, "-e", '{"status_database_units": ["postgresql@15-main.service"]}')
+    assert rc != 0
+    units = {u["unit"]: u for u in report["units"]}
+    assert units["nftables.service"]["what"] == "firewall"
+    assert units["nftables.service"]["active_state"] == "failed"
+    assert units["nftables.service"]["result"] == "exit-code"
+    assert units["postgresql@15-main.service"]["what"] == "database"
+    assert units["postgresql@15-main.service"]["active_state"] == "inactive"
+    assert report["problems"][:2] == [
+        "firewall nftables.service: failed (failed, result exit-code): the firewall is not loaded "
+        "(fix /etc/nftables.conf: nft -c -f); the services it guards stay down",
+        "database postgresql@15-main.service: inactive (dead, result success): the database is not running",
+    ]
+    assert len(report["problems"]) == 2, report["problems"]
+    assert "2 problem(s): firewall nftables.service: failed" in out
+
+
+def test_playbook_units_missing_or_unreadable_are_problems(fake_host: Path) -> None:
+    (fake_host / "units.json").write_text(json.dumps({"nftables.service": {"LoadState": "not-found",
+                                                                            "ActiveState": "inactive"}}))
+    rc, report, _ = play(fake_host, "-e", '{"status_database_units": ["broken.service"]}')
+    assert rc != 0
+    assert report["problems"] == [
+        "firewall nftables.service: not installed (not-found); the firewall is not loaded "
+        "(fix /etc/nftables.conf: nft -c -f); the services it guards stay down",
+        "database broken.service: cannot read its state: Failed to connect to bus: No such file or directory",
+    ]
+
+
+def test_playbook_firewall_check_can_be_switched_off(fake_host: Path) -> None:
+    (fake_host / "units.json").write_text(json.dumps({"nftables.service": {"ActiveState": "failed"}}))
+    rc, report, out = play(fake_host, "-e", "status_firewall_unit=")
+    assert rc == 0, out
+    assert report["units"] == [] and report["problems"] == []

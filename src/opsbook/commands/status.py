@@ -1,4 +1,5 @@
-"""opsbook status: live release, verified backups and certificate expiry per host (playbooks/status.yml).
+"""opsbook status: firewall and database units, live release, verified backups and certificate expiry per host
+(playbooks/status.yml).
 
 The playbook decides what is a problem (and fails the host for it); this module only runs it, picks each host's
 report out of the "Report status" events and shows it as a table or as JSON.
@@ -24,14 +25,16 @@ TASK = "Report status"
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p = sub.add_parser(
         "status",
-        help="live release, last verified backup and certificate expiry per host",
+        help="firewall and database units, live release, last verified backup and certificate expiry per host",
         formatter_class=formatter,
         description=(
-            "Run playbooks/status.yml (read-only) and show per host: the live release and colour, the newest\n"
-            "verified backup of each database with its age and the last run's result, and the days left on each\n"
-            "certificate. Problems: a verified backup older than status_backup_max_age_hours (26), a failed or\n"
-            "missing backup run, fewer than status_cert_min_days (14) days left on a certificate, a web host\n"
-            "without a live release or a certificate. See docs/runbooks/status.md."
+            "Run playbooks/status.yml (read-only) and show per host: whether the firewall (nftables.service)\n"
+            "loaded and the database (db hosts: postgresql@15-main.service) runs, the live release and colour, the\n"
+            "newest verified backup of each database with its age and the last run's result, and the days left on\n"
+            "each certificate. Problems: a firewall or database unit that is not active, a verified backup older\n"
+            "than status_backup_max_age_hours (26), a failed or missing backup run, fewer than\n"
+            "status_cert_min_days (14) days left on a certificate, a web host without a live release or a\n"
+            "certificate. See docs/runbooks/status.md."
         ),
         epilog=(
             "examples:\n"
@@ -96,6 +99,11 @@ def _age(hours: Any) -> str:
 def rows(status: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """(what, state, detail, is_problem) rows of one host's report."""
     out: list[tuple[str, str, str, bool]] = []
+    for u in status.get("units") or []:
+        active = u.get("active_state")
+        state = f"{active} ({u.get('sub_state') or '?'})" if active else "unknown"
+        detail = f"{u.get('load_state') or '?'}, result {u.get('result') or '?'}"
+        out.append((f"{u.get('what')} {u.get('unit')}", state, detail, bool(u.get("problems"))))
     app = status.get("app")
     if app:
         live = app.get("live_version")
