@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from opsbook import cli, runner, values
+from opsbook import cli, lab, runner, values
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_VARS = ("app_version", "app_rollback_to", "opsbook_backup_file", "opsbook_backup_database", "opsbook_echo")
@@ -195,6 +195,18 @@ def test_an_inventory_that_does_not_parse_is_refused(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert str(inv) in err and "does not parse" in err
     assert reports(tmp_path) == [], "a playbook ran"
+
+
+def test_a_drill_checks_its_inventory_before_reading_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    def no_lab(*a: Any, **kw: Any) -> None:
+        raise AssertionError("a lab host was booted")
+
+    monkeypatch.setattr(lab, "up", no_lab)
+    inv = inventory(tmp_path / "inv", BROKEN_YAML)
+    assert cli.main(["drill", "-q", "-i", str(inv)]) == 1
+    assert f"inventory {inv} does not parse" in capsys.readouterr().err
+    assert cli.main(["drill", "-q", "-i", str(tmp_path / "nothing")]) == 1
 
 
 def test_a_missing_inventory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

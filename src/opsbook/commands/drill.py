@@ -90,7 +90,8 @@ def markdown(report: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.time()
-    inv = Path(args.inventory or paths.project_root() / "inventories" / "lab").resolve()
+    # checked before its groups are read (and before a lab host boots): missing, unparsable or empty is exit 1
+    inv, _ = runner.check_inventory(args.inventory or str(paths.project_root() / "inventories" / "lab"))
     extravars = parse_extravars(args.extra_vars)
     reports = paths.state_dir() / "drills"
     if has_drill_group(inv):
