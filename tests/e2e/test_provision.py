@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import opsbook.portscan
-from tests.e2e.conftest import LabEnv, last_report, outcome
+from opsbook import lab
+from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, outcome, run_opsbook
 
 PORTSCAN = Path(opsbook.portscan.__file__)
 
@@ -112,3 +116,85 @@ def test_bad_input_stops_before_any_change(provisioned: LabEnv) -> None:
     assert "fail2ban_maxretry" in res.stdout + res.stderr
     assert changed(last_report("provision")) == {"e2e-web": 0}
     assert provisioned.ssh("e2e-web", "sha256sum /etc/nftables.conf /etc/ssh/sshd_config").stdout == before
+
+
+# ---------------------------------------------------------------- the example inventory (issue 11 item 7)
+# Last in this module: it re-provisions e2e-web with inventories/example's settings (root login off), so it reuses
+# this lab instead of booting one (cost: one provisioning run that adds PostgreSQL and the backup store, about
+# 3-5 min here; the host is also in db and backup_store, so the store's receive account exists on it).
+
+LAB_KEY = lab.ssh_key()
+
+
+def example_inventory(tmp_path: Path, env: LabEnv) -> Path:
+    """inventories/example with the lab's addresses and ACME server, test keys and test secrets (no vault)."""
+    inv = tmp_path / "example"
+    shutil.copytree(ROOT / "inventories" / "example", inv)
+    # host variables: they beat the example's group_vars (addresses, the lab's ACME server and SSH trust; the lab's
+    # key is the admin's key, in the example placeholder's place below)
+    host = {
+        "ansible_host": env.ip("e2e-web"),
+        "ansible_ssh_private_key_file": str(LAB_KEY),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts()} -o StrictHostKeyChecking=yes",
+        "nginx_server_names": ["e2e-web.opsbook.test"],
+        "acme_directory_url": "https://10.213.0.1:14000/dir",
+        "acme_ca_bundle": "{{ lookup('ansible.builtin.file', '/var/lib/opsbook/lab/pebble/ca.pem') }}",
+        "fail2ban_ignoreip": ["10.213.0.1/32"],
+        **FAST,
+    }
+    (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
+        "web": {"hosts": {"e2e-web": host}}, "db": {"hosts": {"e2e-web": None}},
+        "backup_store": {"hosts": {"e2e-web": None}}}}}))
+    common = inv / "group_vars" / "all" / "common.yml"
+    text = common.read_text()
+    keys = re.findall(r"ssh-ed25519 \S+ \S+", text)
+    assert len(keys) == 2, keys  # admin's, alice's
+    text = text.replace(keys[0], LAB_KEY.with_suffix(".pub").read_text().strip())
+    alice = tmp_path / "alice_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(alice)], check=True)
+    common.write_text(text.replace(keys[1], alice.with_suffix(".pub").read_text().strip()))
+    pw_hash = subprocess.run(["openssl", "passwd", "-6", "test-alice"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    (inv / "group_vars" / "all" / "vault.yml").write_text(yaml.safe_dump({
+        "vault_alice_password_hash": pw_hash, "vault_postgresql_app_password": "test-db-password",
+        "vault_app_secret_key": "test-secret-key"}))
+    return inv
+
+
+def ssh_as(env: LabEnv, user: str, key: Path, cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={lab.known_hosts()}",
+                           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                           f"{user}@{env.ip('e2e-web')}", cmd], capture_output=True, text=True, timeout=60)
+
+
+def test_example_inventory_provisions_and_its_accounts_log_in(provisioned: LabEnv, tmp_path: Path) -> None:
+    # a cloud image's first user: 'admin' with the operator's key and sudo through sudoers, not in group sudo
+    provisioned.ssh("e2e-web", "id admin >/dev/null 2>&1 || useradd -m -s /bin/bash admin; "
+                    "install -d -o admin -g admin -m 0700 ~admin/.ssh; "
+                    f"echo '{LAB_KEY.with_suffix('.pub').read_text().strip()}' > ~admin/.ssh/authorized_keys; "
+                    "chown admin:admin ~admin/.ssh/authorized_keys; "
+                    "echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; "
+                    "chmod 0440 /etc/sudoers.d/90-cloud-init-users")
+    inv = example_inventory(tmp_path, provisioned)
+    res = run_opsbook("provision", "-i", str(inv))
+    assert res.returncode == 0, f"provision with the example inventory failed:\n{outcome(res)}"
+
+    # the admin users log in (the connection user and one that only the example names), root does not
+    admin = ssh_as(provisioned, "admin", LAB_KEY, "id -un; sudo -n true && echo sudo-ok")
+    assert admin.returncode == 0 and admin.stdout.split() == ["admin", "sudo-ok"], admin.stderr
+    alice = ssh_as(provisioned, "alice", tmp_path / "alice_key", "id -un")
+    assert alice.returncode == 0 and alice.stdout.strip() == "alice", alice.stderr
+    root = ssh_as(provisioned, "root", LAB_KEY, "true")
+    assert root.returncode == 255 and "Permission denied" in root.stderr
+
+    # the backup account logs in with the db host's key, from the db host (its key is bound to that address), and
+    # gets only its forced receive command
+    ip = provisioned.ip("e2e-web")
+    backup = ssh_as(provisioned, "admin", LAB_KEY,
+                    "sudo -n ssh -i /etc/opsbook/backup/id_ed25519 -o BatchMode=yes -o IdentitiesOnly=yes "
+                    f"-o UserKnownHostsFile=/etc/opsbook/backup/known_hosts opsbook-backup@{ip} id")
+    assert "Permission denied" not in backup.stderr and backup.returncode != 255, backup.stderr
+    assert "uid=" not in backup.stdout and "opsbook-backup-receive" in backup.stderr, backup.stdout + backup.stderr
+    journal = ssh_as(provisioned, "admin", LAB_KEY,
+                     "sudo -n journalctl -u ssh --no-pager -o cat | grep -c 'Accepted publickey for opsbook-backup'")
+    assert int(journal.stdout.strip() or 0) >= 1, journal.stdout + journal.stderr

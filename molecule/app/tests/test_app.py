@@ -54,6 +54,22 @@ def test_runs_unprivileged_and_cannot_change_its_code(host):
     assert "NoNewPrivileges=yes" in props and "ProtectSystem=strict" in props and "PrivateTmp=yes" in props
 
 
+def test_release_was_built_by_the_app_user_and_belongs_to_root(host):
+    # the venv build (the release's own pip and packages) ran as the app user, then the tree went to root
+    assert host.file("/srv/app/releases/1.0.0/.built-by").content_string.strip() == "app"
+    assert host.run("find /srv/app/releases/1.0.0 ! -user root").stdout.strip() == ""
+    assert host.run("find /srv/app/releases/1.0.0 -perm /022 ! -type l").stdout.strip() == ""
+
+
+def test_sandbox_scores_on_the_host(host):
+    # the running unit, as systemd on the host sees it (tests/unit/test_unit_sandbox.py scores the template)
+    out = host.check_output("systemd-analyze security --no-pager app@blue.service | tail -1")
+    score = float(out.split(":")[1].split()[0])
+    assert score <= 2.0, out
+    props = host.check_output("systemctl show app@blue -p MemoryDenyWriteExecute -p PrivateUsers -p ProtectProc")
+    assert "MemoryDenyWriteExecute=yes" in props and "PrivateUsers=yes" in props, props
+
+
 def test_gunicorn_control_socket_is_under_run_not_home(host):
     assert host.file("/run/app/blue.ctl").is_socket
     assert not host.file("/srv/app/.gunicorn").exists
