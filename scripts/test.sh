@@ -19,7 +19,8 @@ step "lint: ansible-lint (production profile)"
 ansible-lint --profile production -q
 step "lint: ruff"
 ruff check src tests benchmarks molecule examples roles/app/files/opsbook-app roles/app/files/opsbook-app-build \
-    roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store
+    roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store \
+    roles/common/files/opsbook-lock
 step "lint: mypy"
 mypy
 step "unit tests"

@@ -8,6 +8,9 @@ and the test asserts that not one request failed. Figures are printed (pytest -s
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from opsbook import lab, load
-from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, provisioned_lab
+from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, outcome, provisioned_lab
 
 NAMES = ["e2e-app1", "e2e-app2"]
 DOMAIN = "opsbook.test"
+# seconds an opsbook run takes here to start Ansible and reach its first task on a host (2 shared cores)
+STARTUP = 10
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +192,118 @@ def test_rolling_deploy_stops_at_the_failing_host(app_lab: LabEnv, releases: dic
     # the migrations hook ran once, on the first host of the rollout
     assert app_lab.ssh("e2e-app1", "test -e /tmp/opsbook-migrated", check=False).returncode == 0
     assert app_lab.ssh("e2e-app2", "test -e /tmp/opsbook-migrated", check=False).returncode != 0
+    # the operation lock was released on both hosts, on success (e2e-app1) and on the refusal (e2e-app2)
+    assert [lock_status(app_lab, n) for n in NAMES] == ["free", "free"]
+
+
+# --------------------------------------------------------------------------- the per-host operation lock
+
+
+def lock_status(env: LabEnv, name: str) -> str:
+    return env.ssh(name, "/usr/local/sbin/opsbook-lock status").stdout.strip()
+
+
+def artifact(releases: dict[str, Path], version: str) -> str:
+    """The release built on the controller beforehand, so that both runs start their playbooks at once."""
+    from opsbook.commands.deploy import target_vars
+
+    return str(target_vars(str(releases[version]), version)["app_artifact"])
+
+
+def refusal_timing(verb: str) -> dict[str, float]:
+    """From the newest refused VERB run's events: seconds from its playbook start and from its lock task's start
+    to the refusal (the first is mostly Ansible starting up and checking the request)."""
+    runs = sorted((ROOT / ".opsbook" / "runs").glob(f"*-{verb}.json"), key=lambda p: p.stat().st_mtime)[-3:]
+    for report in reversed(runs):
+        data = json.loads(report.read_text())
+        if not any("is busy" in f["message"] for f in data.get("failures", [])):
+            continue
+        at: dict[str, float] = {}
+        for path in Path(data["artifacts"]).glob("**/job_events/*.json"):
+            ev = json.loads(path.read_text())
+            task = str((ev.get("event_data") or {}).get("task") or "")
+            t = dt.datetime.fromisoformat(ev["created"]).timestamp()
+            if ev["event"] == "playbook_on_start":
+                at["start"] = t
+            elif ev["event"] == "playbook_on_task_start" and task.startswith("Take the operation lock"):
+                at["lock"] = t
+            elif ev["event"] == "runner_on_failed" and task == "Refuse - the host is busy":
+                at["refused"] = t
+        return {"from_playbook_start": at["refused"] - at["start"], "from_lock_task": at["refused"] - at["lock"]}
+    raise AssertionError(f"no refused {verb} report among {runs}")
+
+
+def test_two_deploys_at_once_one_wins_the_other_is_refused_at_once_under_load(
+        app_lab: LabEnv, releases: dict[str, Path]) -> None:
+    res = deploy(app_lab, releases["1.0.0"], "1.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 0, outcome(res)
+    targets = {v: artifact(releases, v) for v in ("2.0.0", "5.0.0")}
+    env = dict(os.environ, OPSBOOK_ROOT=str(ROOT), NO_COLOR="1", COLUMNS="200")
+    cmd = [shutil.which("opsbook") or "opsbook", "deploy"]
+    with Load(app_lab, "e2e-app1") as load:
+        procs, started, took = {}, {}, {}
+        for version, target in targets.items():
+            started[version] = time.monotonic()
+            procs[version] = subprocess.Popen([*cmd, target, "--limit", "e2e-app1", "-i", str(app_lab.inventory)],
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                              cwd=ROOT)
+        outs = {}
+        pending = dict(procs)
+        while pending:
+            for version, proc in list(pending.items()):
+                if proc.poll() is not None:
+                    took[version] = time.monotonic() - started[version]
+                    outs[version] = proc.communicate()[0]
+                    del pending[version]
+            time.sleep(0.05)
+    codes = {v: p.returncode for v, p in procs.items()}
+    print(f"concurrent deploys: exit codes {codes}, wall seconds {({v: round(t, 1) for v, t in took.items()})}")
+    assert sorted(codes.values()) == [0, 2], "\n\n".join(f"== {v}: exit {codes[v]}\n{outs[v][-4000:]}" for v in outs)
+    won = next(v for v, c in codes.items() if c == 0)
+    lost = next(v for v, c in codes.items() if c == 2)
+    flat = " ".join(outs[lost].split())
+    assert re.search(rf"e2e-app1 is busy: deploy {re.escape(won)} by \S+@\S+ \(run \S+", flat), outs[lost][-4000:]
+    assert "since 20" in flat and "Refused at once" in flat, outs[lost][-4000:]
+    timing = refusal_timing("deploy")
+    print(f"refusal: {timing['from_lock_task']:.1f} s after its lock task started, "
+          f"{timing['from_playbook_start']:.1f} s after its playbook started, {took[lost]:.1f} s after the command")
+    assert timing["from_lock_task"] < 5, timing  # refused at once: no waiting behind the other deploy
+    assert took[lost] < 5 + STARTUP, took
+    assert took[lost] < took[won], took
+    load.assert_no_failed_request()
+    assert served_version(app_lab, "e2e-app1") == won
+    assert lock_status(app_lab, "e2e-app1") == "free"
+
+
+def test_a_deploy_with_wait_runs_after_the_one_holding_the_lock(app_lab: LabEnv, releases: dict[str, Path]) -> None:
+    # a lock held by another run (as a deploy from another controller would): --wait waits for its release
+    app_lab.ssh("e2e-app1", "/usr/local/sbin/opsbook-lock acquire --holder carol@ci --run-id ci-77 "
+                            "--operation 'deploy 9.9.9' --ttl 300")
+    res = deploy(app_lab, releases["2.0.0"], "2.0.0", "--limit", "e2e-app1")
+    assert res.returncode == 2 and "is busy: deploy 9.9.9 by carol@ci (run ci-77" in " ".join(res.stdout.split()), \
+        outcome(res)
+    # released only once the second run is seen waiting for it on the host (its opsbook-lock acquire is running)
+    releaser = subprocess.Popen([*lab.ssh_command("e2e-app1"),
+                                 "for i in $(seq 600); do pgrep -f '[o]psbook-lock .*acquire .*--wait 120' >/dev/null "
+                                 "&& sleep 3 && echo seen-waiting && break; sleep 0.5; done; "
+                                 "/usr/local/sbin/opsbook-lock release --run-id ci-77"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        res = deploy(app_lab, releases["2.0.0"], "2.0.0", "--limit", "e2e-app1", "--wait", "120")
+    finally:
+        seen = releaser.communicate(timeout=60)[0]
+    assert res.returncode == 0, outcome(res)
+    assert "seen-waiting" in seen  # it did wait: the lock was held when it got there, and it went on after
+    assert served_version(app_lab, "e2e-app1") == "2.0.0"
+    assert lock_status(app_lab, "e2e-app1") == "free"
+
+
+def test_check_mode_takes_no_lock_and_shows_a_holder(app_lab: LabEnv) -> None:
+    app_lab.ssh("e2e-app1", "/usr/local/sbin/opsbook-lock acquire --holder carol@ci --run-id ci-78 "
+                            "--operation 'backup run' --ttl 300")
+    try:
+        res = app_lab.opsbook("rollback", "--limit", "e2e-app1", "--check")
+        assert "carol@ci" in res.stdout + res.stderr, outcome(res)
+        assert "ci-78" in lock_status(app_lab, "e2e-app1")  # untouched
+    finally:
+        app_lab.ssh("e2e-app1", "/usr/local/sbin/opsbook-lock release --run-id ci-78")

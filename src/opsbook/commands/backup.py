@@ -8,6 +8,7 @@ from typing import Any
 
 from opsbook import runner, values
 from opsbook.commands.provision import add_common, parse_extravars
+from opsbook.oplock import add_wait, lock_extravars
 
 TASK = "Run opsbook-backup"
 
@@ -38,6 +39,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
                    help="database (default: the only one configured on each host)")
     p.add_argument("--yes-overwrite-live", action="store_true",
                    help="restore: replace the LIVE database with the backup's contents")
+    add_wait(p)
     add_common(p, check=False)
     p.set_defaults(func=run)
 
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         "opsbook_backup_file": args.file or "",
         "opsbook_backup_database": args.database,
         "opsbook_backup_yes_overwrite_live": bool(args.yes_overwrite_live),
+        **lock_extravars(args),
         **parse_extravars(args.extra_vars),
     }
     result = runner.run_playbook("backup.yml", inventory=args.inventory, limit=args.limit, extravars=extravars,

@@ -12,6 +12,7 @@ from typing import Any
 
 from opsbook import paths, runner, values
 from opsbook.commands.provision import add_common, parse_extravars
+from opsbook.oplock import add_wait, lock_extravars
 
 REPORT_TASK = "Report releases"
 
@@ -35,13 +36,15 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
             "\nexamples:\n"
             "  opsbook deploy 2.0.0\n"
             "  opsbook deploy examples/app --version 2.1.0\n"
-            "  opsbook deploy 2.0.0 --serial 2 -i inventories/prod"
+            "  opsbook deploy 2.0.0 --serial 2 -i inventories/prod\n"
+            "  opsbook deploy 2.0.0 --wait 300     wait for a host that another run holds (default: refused)"
         ),
     )
     d.add_argument("target", metavar="TARGET")
     d.add_argument("--version", type=values.version, help="with a source directory: the version to build it as")
     d.add_argument("--serial", type=values.positive_int, default=1, metavar="N",
                    help="hosts deployed at a time (default 1)")
+    add_wait(d)
     add_common(d)
     d.set_defaults(func=run_deploy)
 
@@ -56,6 +59,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
                    help="release to go back to (default: the previous one)")
     r.add_argument("--serial", type=values.positive_int, default=1, metavar="N",
                    help="hosts rolled back at a time (default 1)")
+    add_wait(r)
     add_common(r)
     r.set_defaults(func=run_rollback)
 
@@ -111,14 +115,15 @@ def target_vars(target: str, version: str | None, name: str = "app") -> dict[str
 def run_deploy(args: argparse.Namespace) -> int:
     extra = parse_extravars(args.extra_vars)
     extravars = {**target_vars(args.target, args.version, str(extra.get("app_name", "app"))),
-                 "app_serial": args.serial, **extra}
+                 "app_serial": args.serial, **lock_extravars(args), **extra}
     result = runner.run_playbook("deploy.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  extravars=extravars, verb="deploy", quiet=args.quiet)
     return runner.exit_code(result)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **parse_extravars(args.extra_vars)}
+    extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **lock_extravars(args),
+                 **parse_extravars(args.extra_vars)}
     result = runner.run_playbook("rollback.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  extravars=extravars, verb="rollback", quiet=args.quiet)
     return runner.exit_code(result)
