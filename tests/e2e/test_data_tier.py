@@ -2,13 +2,16 @@
 with every role (as in production, minus the FAST extras), the example app deployed and notes written.
 
 In order, on the same hosts:
-- backups: a verified backup over a fresh SSH session (common's libpam-tmpdir once made opsbook-backup fail there)
-  and through the CLI, with the copy on the store;
+- backups: a verified backup over a fresh SSH session (common's libpam-tmpdir once made opsbook-backup fail there),
+  through the CLI, and by the sandboxed opsbook-backup@ unit itself, with the copy on the store (in its ledger);
 - status: playbooks/status.yml run by plain ansible-playbook (as AWX would run it), then `opsbook status`; a
   short-lived certificate is planted in certbot's live directory of the database host so the certificate check
   runs there too;
 - last, a DR drill: `opsbook drill` builds a fresh host from the inventory alone, restores the newest verified
-  backup from the store, deploys the live release, and must serve the restored notes, with RTO and RPO measured.
+  backup from the store, deploys the live release, and must serve the restored notes, with RTO and RPO measured;
+  before it, the database host's key uploads forged copies (a manifest naming ../../../../etc/shadow, a newer
+  one-byte dump with a "passed" manifest): the drill still restores the newest real copy and leaves no dump on the
+  controller (issue 11 items 2 and 9).
 
 One lab instead of three (each used to provision its own database host and store: about 15 min of CI).
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from opsbook import lab
 from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, outcome, provisioned_lab
@@ -92,6 +98,36 @@ def test_backup_run_through_the_cli(dr_lab: LabEnv) -> None:
     report = last_report("backup-list")
     assert report["hosts"]["dr-db"]["failed"] == 0  # type: ignore[index]
     assert "passed" in res.stdout
+
+
+def backups(env: LabEnv) -> list[dict[str, object]]:
+    out = env.ssh("dr-db", "/usr/local/sbin/opsbook-backup list --json").stdout
+    listing: list[dict[str, object]] = json.loads(out[out.index("{"):])["backups"]
+    return listing
+
+
+def test_the_sandboxed_backup_unit_takes_a_verified_backup_onto_the_store(dr_lab: LabEnv) -> None:
+    unit = "opsbook-backup@app.service"
+    # the sandbox as the host's own systemd sees it (issue 11 item 8: at most 5.0)
+    out = dr_lab.ssh("dr-db", f"systemd-analyze security --no-pager {unit}").stdout
+    exposure = float(re.findall(r"Overall exposure level for \S+: (\d+\.\d+)", out)[-1])
+    print(f"{unit}: exposure {exposure}")
+    assert exposure <= 5.0, out[-3000:]
+    before = {b["file"] for b in backups(dr_lab)}
+    res = dr_lab.ssh("dr-db", f"systemctl start {unit}", check=False, timeout=900)  # oneshot: returns when done
+    journal = dr_lab.ssh("dr-db", f"journalctl --no-pager -o cat -n 60 -u {unit}", check=False).stdout
+    assert res.returncode == 0, f"{res.stderr}\n{journal}"
+    assert dr_lab.ssh("dr-db", f"systemctl show -P Result {unit}").stdout.strip() == "success", journal
+    (new,) = [b for b in backups(dr_lab) if b["file"] not in before]
+    assert new["verification"] == "passed" and new["latest_good"], journal
+    name = str(new["file"])
+    manifest = json.loads(dr_lab.ssh("dr-db", f"cat /var/lib/opsbook/backup/{name.removesuffix('.dump')}"
+                                               ".manifest.json").stdout)
+    # the store received it: a line of its ledger with the dump's sha256
+    ledger = [json.loads(line) for line in
+              dr_lab.ssh("dr-store", "cat /srv/opsbook-backup/dr-db/ledger.jsonl").stdout.splitlines() if line]
+    assert {"name": name, "sha256": manifest["sha256"], "size": manifest["size"]}.items() <= next(
+        e for e in ledger if e.get("name") == name).items(), ledger
 
 
 # --------------------------------------------------------------------------- status (plain ansible-playbook, as AWX)
@@ -165,8 +201,81 @@ def test_a_failed_last_run_is_reported_with_exit_2(dr_lab: LabEnv) -> None:
 
 # --------------------------------------------------------------------------- the DR drill, last
 
+# Run on the database host with its own store key, through the store's forced receive command: what a compromised
+# database host can do. Two forged copies, received after every real one.
+FORGE = r"""
+import datetime as dt, hashlib, json, subprocess
+store = json.load(open("/etc/opsbook/backup/app.json"))["store"]
+ssh = ["ssh", "-i", store["key"], "-p", str(store["port"]), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+       "-o", "UserKnownHostsFile=" + store["known_hosts"], "-o", "StrictHostKeyChecking=yes",
+       store["user"] + "@" + store["address"]]
+def put(name, data):
+    res = subprocess.run([*ssh, "put %s %s" % (name, hashlib.sha256(data).hexdigest())], input=data,
+                         capture_output=True)
+    assert res.returncode == 0, (name, res.stderr)
+now = dt.datetime.now(dt.timezone.utc)
+snap = lambda h: (now + dt.timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%SZ")
+stamp = lambda h: (now + dt.timedelta(hours=h)).strftime("%Y%m%dT%H%M%SZ")
+passed = {"status": "passed"}
+# a dump that looks like one, whose manifest names a file outside the directory
+put("app-%s.dump" % stamp(1), b"PGDMP forged")
+put("app-%s.manifest.json" % stamp(1), json.dumps({"file": "../../../../etc/shadow", "verification": passed,
+    "snapshot_time": snap(1), "tables": {"public.notes": 1}}).encode())
+# a newer one-byte dump with a consistent "passed" manifest
+put("app-%s.dump" % stamp(2), b"x")
+put("app-%s.manifest.json" % stamp(2), json.dumps({"file": "app-%s.dump" % stamp(2), "sha256":
+    hashlib.sha256(b"x").hexdigest(), "size": 1, "verification": passed, "snapshot_time": snap(2),
+    "tables": {"public.notes": 1}}).encode())
+print(stamp(1), stamp(2))
+"""
 
-def test_drill_restores_the_data_and_measures_rto_and_rpo(dr_lab: LabEnv) -> None:
+
+DRILL_WORK = ROOT / ".opsbook" / "drills" / "work"
+
+
+def dump_copies_on_the_controller() -> list[Path]:
+    return [p for p in DRILL_WORK.rglob("*") if p.name.startswith("dump-") or ".dump" in p.name
+            or p.name.endswith(".manifest.json")]
+
+
+def test_a_drill_that_fails_after_fetching_the_dump_leaves_no_copy_on_the_controller(dr_lab: LabEnv,
+                                                                                     tmp_path: Path) -> None:
+    # dr-web as the drill host: it has no backup directory, so the drill fails right after the dump was fetched to
+    # the controller. The provisioning plays are skipped (--start-at-task); nothing is changed on dr-web.
+    inv = tmp_path / "inventory"
+    shutil.copytree(dr_lab.inventory, inv)
+    hosts = yaml.safe_load((inv / "hosts.yml").read_text())
+    hosts["all"]["children"]["drill"] = {"hosts": {"dr-web": {"ansible_host": dr_lab.ip("dr-web")}}}
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    environ = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    res = subprocess.run(["ansible-playbook", "-i", str(inv), "playbooks/drill.yml", "--limit", "dr-web",
+                          "--start-at-task", "Check the database name (it becomes part of file names and SQL)"],
+                         cwd=ROOT, env=environ, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+
+    def result_of(task: str) -> str:
+        """The first result line of TASK (profile_tasks prints a time line between the two)."""
+        m = re.search(r"TASK \[" + re.escape(task) + r"\][^\n]*\n(?:[^\n]*\n){0,3}?"
+                      r"((?:ok|changed|failed|fatal|skipping): \[[^\n]*|\[ERROR\]: [^\n]*)", out)
+        assert m, f"no result of {task!r} in:\n{out[-4000:]}"
+        return m[1]
+
+    assert result_of("Fetch the dump and its manifest from the store to the controller").startswith("changed: [dr-web")
+    assert result_of("Put them into the drill host's backup directory").startswith(("failed", "fatal", "[ERROR]"))
+    assert result_of("Remove the copy of the dump (production data) from the controller").startswith("changed")
+    assert not dump_copies_on_the_controller()
+
+
+def test_drill_restores_the_newest_real_copy_despite_forged_uploads_and_measures_rto_and_rpo(dr_lab: LabEnv) -> None:
+    real = backups(dr_lab)[-1]
+    assert real["verification"] == "passed"
+    forged = dr_lab.ssh("dr-db", f"python3 - <<'EOF'\n{FORGE}\nEOF").stdout.split()
+    newest = dr_lab.ssh("dr-store", "/usr/local/sbin/opsbook-backup-store newest --dir /srv/opsbook-backup/dr-db"
+                                    " --database app")
+    assert json.loads(newest.stdout)["dump"] == real["file"], newest.stdout + newest.stderr
+    assert all(f"app-{s}.dump" in newest.stderr for s in forged), newest.stderr  # each named as skipped
     start = time.time()
     res = dr_lab.opsbook("drill", "--host", DRILL)
     out = res.stdout + res.stderr
@@ -175,6 +284,7 @@ def test_drill_restores_the_data_and_measures_rto_and_rpo(dr_lab: LabEnv) -> Non
     assert reports and reports[-1].stat().st_mtime >= start, out
     report = json.loads(reports[-1].read_text())
     print(json.dumps(report, indent=2))
+    assert report["backup"] == real["file"]  # the newest real copy, not a forged one
     assert report["data"]["count"] == NOTES and int(report["expected_rows"]) == NOTES  # served through the app
     assert report["health"] == {"status": "ok", "version": "1.0.0", "database": "ok"}
     assert report["release"] == "1.0.0" and report["release_source"] == "dr-web"
@@ -186,5 +296,6 @@ def test_drill_restores_the_data_and_measures_rto_and_rpo(dr_lab: LabEnv) -> Non
     assert Path(str(reports[-1]).removesuffix(".json") + ".md").is_file()
     # torn down afterwards: no drill host left in the lab
     assert DRILL not in {h.name for h in lab.load_hosts()}
-    # no copy of the production dump left on the controller
-    assert not list((ROOT / ".opsbook" / "drills" / "work").glob("*.dump"))
+    # no copy of the production dump left on the controller, and its work directory is private
+    assert not dump_copies_on_the_controller()
+    assert DRILL_WORK.stat().st_mode & 0o777 == 0o700
