@@ -15,21 +15,14 @@ import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from tests.unit.helpers import trusted
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "inventories" / "example"
 
 
-def test_inventory_parses_and_vault_opens(tmp_path: Path) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("opsbook-example\n")
-    pw.chmod(0o600)
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(EXAMPLE), "--list",
-         "--vault-password-file", str(pw)],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")),
-    )
-    assert res.returncode == 0, res.stderr
-    data = json.loads(res.stdout)
+def test_inventory_parses_and_vault_opens(inventory: dict[str, Any]) -> None:
+    data = inventory
     assert "web1.example.com" in data["web"]["hosts"]
     hostvars = data["_meta"]["hostvars"]["web1.example.com"]
     assert hostvars["vault_alice_password_hash"].startswith("$6$")
@@ -92,16 +85,6 @@ def _role_vars(*roles: str) -> dict[str, Any]:
     return out
 
 
-def _trusted(value: Any) -> Any:
-    from ansible.template import trust_as_template
-
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trusted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    return value
 
 
 def _sshd_config(host: str, inventory: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -111,7 +94,7 @@ def _sshd_config(host: str, inventory: dict[str, Any]) -> tuple[str, dict[str, A
 
     groups = {g: v.get("hosts", []) for g, v in inventory.items() if g != "_meta"}
     group_names = sorted(g for g, hosts in groups.items() if host in hosts and g not in ("all", "ungrouped"))
-    variables = (_trusted(_role_vars("common", "backup", "sshd")) | _trusted(inventory["_meta"]["hostvars"][host])
+    variables = (trusted(_role_vars("common", "backup", "sshd")) | trusted(inventory["_meta"]["hostvars"][host])
                  | {"inventory_hostname": host, "group_names": group_names, "groups": groups,
                     "ansible_managed": "Ansible managed"})
     templar = Templar(loader=DataLoader(), variables=variables)

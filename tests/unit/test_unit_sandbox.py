@@ -16,6 +16,8 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
+from tests.unit.helpers import trusted
+
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "roles"
 
@@ -47,14 +49,6 @@ def _units() -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _trusted(value: Any) -> Any:
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trusted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    return value
 
 
 def _role_vars(role: Path) -> dict[str, Any]:
@@ -69,7 +63,7 @@ def render(source: Path) -> str:
     if not source.name.endswith(".j2"):
         return source.read_text()
     role = source.parent.parent
-    variables = _trusted(_role_vars(role)) | PLAY_VARS | {"role_path": str(role)}
+    variables = trusted(_role_vars(role)) | PLAY_VARS | {"role_path": str(role)}
     templar = Templar(loader=DataLoader(), variables=variables)
     return str(templar.template(trust_as_template(source.read_text())))
 
@@ -110,7 +104,7 @@ def test_unit_sandbox_exposure(name: str, source: Path, tmp_path: Path) -> None:
 def test_app_jit_knob(mdwe: bool, tmp_path: Path) -> None:
     """app_memory_deny_write_execute=false (for a JIT such as Node's V8) drops only that protection."""
     role = ROLES / "app"
-    variables = _trusted(_role_vars(role)) | PLAY_VARS | {"app_memory_deny_write_execute": mdwe}
+    variables = trusted(_role_vars(role)) | PLAY_VARS | {"app_memory_deny_write_execute": mdwe}
     text = str(Templar(loader=DataLoader(), variables=variables).template(
         trust_as_template((role / "templates" / "app@.service.j2").read_text())))
     assert f"MemoryDenyWriteExecute={'yes' if mdwe else 'no'}" in text.splitlines()
