@@ -56,11 +56,15 @@ def outcome(res: subprocess.CompletedProcess[str], lines: int = 40) -> str:
     return "\n".join([f"exit {res.returncode}", *cut, *out[-lines:], *res.stderr.splitlines()[-lines:]])
 
 
-def last_report(verb: str) -> dict[str, object]:
+def last_report(verb: str, host: str) -> dict[str, object]:
+    """The newest VERB report that names HOST: the two test workers write reports side by side (a drill's deploy and
+    a deploy test's once finished in the same second), so the newest report of a verb may be the other worker's."""
     runs = sorted((ROOT / ".opsbook" / "runs").glob(f"*-{verb}*.json"), key=lambda p: p.stat().st_mtime)
-    assert runs, f"no {verb} report written"
-    data: dict[str, object] = json.loads(runs[-1].read_text())
-    return data
+    for run in reversed(runs):
+        data: dict[str, object] = json.loads(run.read_text())
+        if data.get("verb") == verb and host in (data.get("hosts") or {}):  # type: ignore[operator]
+            return data
+    raise AssertionError(f"no {verb} report names {host}")
 
 
 def make_inventory(path: Path, groups: dict[str, list[lab.Host]], extra_vars: dict[str, object] | None = None) -> Path:

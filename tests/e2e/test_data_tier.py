@@ -95,7 +95,7 @@ def test_backup_run_through_the_cli(dr_lab: LabEnv) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     res = dr_lab.opsbook("backup", "list")
     assert res.returncode == 0
-    report = last_report("backup-list")
+    report = last_report("backup-list", "dr-db")
     assert report["hosts"]["dr-db"]["failed"] == 0  # type: ignore[index]
     assert "passed" in res.stdout
 

@@ -111,7 +111,7 @@ def test_deploy_v2_under_load_fails_no_request(app_lab: LabEnv, releases: dict[s
 def test_redeploying_the_live_version_changes_nothing(app_lab: LabEnv) -> None:
     res = app_lab.opsbook("deploy", "2.0.0", "--limit", "e2e-app1")
     assert res.returncode == 0, res.stdout + res.stderr
-    host = last_report("deploy")["hosts"]["e2e-app1"]  # type: ignore[index]
+    host = last_report("deploy", "e2e-app1")["hosts"]["e2e-app1"]  # type: ignore[index]
     assert host["changed"] == 0, host
 
 
@@ -183,7 +183,7 @@ def test_rolling_deploy_stops_at_the_failing_host(app_lab: LabEnv, releases: dic
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
     assert "app 2.0.0 REFUSED on e2e-app2" in out and "answered 503" in out, out
-    report = last_report("deploy")
+    report = last_report("deploy", "e2e-app2")
     assert {f["host"] for f in report["failures"]} == {"e2e-app2"}, report["failures"]  # type: ignore[index]
     assert served_version(app_lab, "e2e-app1") == "2.0.0"
     assert served_version(app_lab, "e2e-app2") == "1.0.0"

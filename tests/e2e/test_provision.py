@@ -23,7 +23,7 @@ PORTSCAN = Path(opsbook.portscan.__file__)
 def provisioned(web_lab: LabEnv) -> LabEnv:
     res = web_lab.opsbook("provision")
     assert res.returncode == 0, f"first provision failed:\n{outcome(res)}"
-    report = last_report("provision")
+    report = last_report("provision", "e2e-web")
     assert report["hosts"]["e2e-web"]["changed"] > 0  # type: ignore[index]
     return web_lab
 
@@ -35,13 +35,13 @@ def changed(report: dict[str, object]) -> dict[str, int]:
 def test_second_run_changes_nothing(provisioned: LabEnv) -> None:
     res = provisioned.opsbook("provision")
     assert res.returncode == 0, res.stderr
-    assert changed(last_report("provision")) == {"e2e-web": 0}
+    assert changed(last_report("provision", "e2e-web")) == {"e2e-web": 0}
 
 
 def test_check_mode_on_a_converged_host_changes_nothing(provisioned: LabEnv) -> None:
     res = provisioned.opsbook("provision", "--check")
     assert res.returncode == 0, res.stderr
-    report = last_report("provision")
+    report = last_report("provision", "e2e-web")
     assert report["check"] is True
     assert changed(report) == {"e2e-web": 0}
 
@@ -107,14 +107,14 @@ def test_bad_input_stops_before_any_change(provisioned: LabEnv) -> None:
     assert res.returncode == 2
     output = res.stdout + res.stderr
     assert "firewall_allowed_tcp_ports" in output
-    report = last_report("provision")
+    report = last_report("provision", "e2e-web")
     assert changed(report) == {"e2e-web": 0}
     assert all("preflight" in f["task"].lower() or "variables" in f["task"].lower()  # type: ignore[index]
                for f in report["failures"])  # type: ignore[attr-defined]
     res = provisioned.opsbook("provision", "-e", "fail2ban_maxretry=lots")
     assert res.returncode == 2
     assert "fail2ban_maxretry" in res.stdout + res.stderr
-    assert changed(last_report("provision")) == {"e2e-web": 0}
+    assert changed(last_report("provision", "e2e-web")) == {"e2e-web": 0}
     assert provisioned.ssh("e2e-web", "sha256sum /etc/nftables.conf /etc/ssh/sshd_config").stdout == before
 
 
