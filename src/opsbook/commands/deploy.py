@@ -76,10 +76,12 @@ def build_script() -> Path:
 
 def checked_version(value: Any, where: str) -> str:
     """VALUE if it is a version (values.VERSION, a full match), else exit 1 saying WHERE it came from."""
-    if not isinstance(value, str) or not values.VERSION.fullmatch(value):
-        raise SystemExit(f"opsbook deploy: {where}: not a version: {value!r} (a letter or digit followed by at "
-                         "most 63 letters, digits and . _ + -)")
-    return value
+    try:
+        if not isinstance(value, str):
+            raise argparse.ArgumentTypeError(f"a version is a string (got {value!r})")
+        return values.version(value)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"opsbook deploy: {where}: {exc}") from None
 
 
 def target_vars(target: str, version: str | None, name: str = "app") -> dict[str, Any]:
