@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from opsbook import lab, load, paths, runner
+from opsbook import lab, paths, runner
+from opsbook.lab import load
 
 HOST = "bench-app"
 NAME = f"{HOST}.opsbook.test"

@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from opsbook import __version__
-from opsbook.commands import backup, demo, deploy, drill, lab_cmd, provision, status
+from opsbook.commands import backup, deploy, drill, provision, status
+from opsbook.lab import cli as lab_cmd
+from opsbook.lab import demo
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

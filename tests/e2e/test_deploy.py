@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from opsbook import lab, load
+from opsbook import lab
+from opsbook.lab import load
 from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, outcome, provisioned_lab
 
 NAMES = ["e2e-app1", "e2e-app2"]

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import opsbook.portscan
+import opsbook.lab.portscan
 from opsbook import lab
 from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, outcome, run_opsbook
 
-PORTSCAN = Path(opsbook.portscan.__file__)
+PORTSCAN = Path(opsbook.lab.portscan.__file__)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from opsbook import lab, paths
+from opsbook.lab import hosts
 
 
 def test_lab_inventory_hosts_are_in_the_subnet() -> None:
@@ -38,4 +39,4 @@ def test_adhoc_addresses_skip_taken_ones() -> None:
 
 
 def test_veth_names_fit_the_kernel_limit() -> None:
-    assert len(lab._veth_name("10.213.0.199")) <= 15
+    assert len(hosts._veth_name("10.213.0.199")) <= 15

@@ -2,7 +2,7 @@
 
 mol-pg is rebooted with an /etc/nftables.conf that does not load: nftables.service fails and the ruleset is empty.
 PostgreSQL (which the firewall opens only to the app hosts) must then stay down, so 5432 is closed to a client host
-that is not an app host (mol-pg-client, scanned from its own network namespace with src/opsbook/portscan.py), while
+that is not an app host (mol-pg-client, scanned from its own network namespace with src/opsbook/lab/portscan.py), while
 sshd still starts so that the host can be repaired; `opsbook status` must report both units and exit 2.
 Before the fix PostgreSQL started anyway and answered on 5432 from mol-pg-client.
 
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from test_postgresql import apply_role, local_psql
 
-import opsbook.portscan
+import opsbook.lab.portscan
 
 testinfra_hosts = ["ansible://mol-pg"]
 
@@ -39,7 +39,7 @@ def address(host: Any) -> str:
 
 def open_ports(netns: str | None, ip: str) -> list[int]:
     """Open TCP ports among 22 and 5432 of IP, scanned from NETNS (None: the controller, the scenario's app host)."""
-    cmd = [sys.executable, opsbook.portscan.__file__, ip, "22,5432"]
+    cmd = [sys.executable, opsbook.lab.portscan.__file__, ip, "22,5432"]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout

@@ -21,9 +21,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from opsbook import lab, load, paths, portscan, runner
+from opsbook import lab, paths, runner
 from opsbook.commands import drill
 from opsbook.commands.backup import command_output
+from opsbook.lab import load, portscan
 
 PORTS = "1-1024,3000,5432,8000,8080,8443,9090"
 NOTES = 1000
