@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -41,6 +42,43 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 class UsageError(SystemExit):
     """A request that can't be run (inventory, limit, value): the message, exit 1, and nothing ran."""
+
+
+@dataclass(frozen=True)
+class AnsibleOptions:
+    """Ansible's own options, passed to ansible-playbook as given: the operator's own Ansible input (options.py)."""
+
+    extra_vars: tuple[str, ...] = ()  # each one `-e VALUE`, after the CLI's own (so they win, as in Ansible)
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    verbosity: int = 0
+    diff: bool = False
+
+    def args(self) -> list[str]:
+        out: list[str] = []
+        for value in self.extra_vars:
+            out += ["-e", value]
+        if self.tags:
+            out += ["--tags", ",".join(self.tags)]
+        if self.skip_tags:
+            out += ["--skip-tags", ",".join(self.skip_tags)]
+        if self.verbosity:
+            out.append("-" + "v" * min(self.verbosity, 6))
+        return out
+
+
+def make_console(stderr: bool = False, quiet: bool = False) -> Console:
+    """A Rich console that wraps for a terminal only: without one (a CI log, `| tee`) lines stay whole.
+
+    Rich assumes 80 columns when the output is not a terminal and wraps text and tables there, mid-word; a log
+    should read as well as the screen. COLUMNS, if set, still decides."""
+    con = Console(stderr=stderr, quiet=quiet)
+    if con.is_terminal or os.environ.get("COLUMNS"):
+        return con
+    return Console(stderr=stderr, quiet=quiet, width=LOG_WIDTH, soft_wrap=True)
+
+
+LOG_WIDTH = 10_000  # "no wrapping": wider than any table or message opsbook prints
 
 
 @dataclass
@@ -110,7 +148,10 @@ class Progress:
         kind = event.get("event", "")
         data = event.get("event_data") or {}
         host = data.get("host") or data.get("remote_addr")
-        if kind == "playbook_on_play_start":
+        if kind == "runner_on_file_diff" and host and str(event.get("stdout") or "").strip():
+            # Ansible's own rendering of a diff (its default callback prints it only for a change)
+            self.diffs.append({"host": host, "task": self.task, "text": str(event["stdout"])})
+        elif kind == "playbook_on_play_start":
             self.play = data.get("play", "")
         elif kind == "playbook_on_task_start":
             role = data.get("role")
@@ -125,8 +166,6 @@ class Progress:
                     t.changed += 1
                 else:
                     t.ok += 1
-                if isinstance(res, dict) and res.get("diff") and res.get("changed"):
-                    self.diffs.append({"host": host, "task": t.task, "diff": res["diff"]})
             elif kind == "runner_on_skipped":
                 t.skipped += 1
             elif kind in FAILED_EVENTS and not data.get("ignore_errors"):
@@ -154,22 +193,10 @@ class Progress:
 
 
 def _render_diff(console: Console, diffs: list[dict[str, Any]]) -> None:
+    """The diffs as Ansible rendered them (--diff), each under the host and task it belongs to."""
     for item in diffs:
-        entries = item["diff"] if isinstance(item["diff"], list) else [item["diff"]]
-        for d in entries:
-            if not isinstance(d, dict):
-                continue
-            header = d.get("after_header") or d.get("before_header") or ""
-            console.print(Text.assemble((str(item["host"]), "bold"), f" {item['task']} {header}"))
-            if "prepared" in d:
-                console.print(d["prepared"], markup=False, highlight=False)
-            elif "before" in d or "after" in d:
-                import difflib
-
-                before = str(d.get("before", "")).splitlines(keepends=True)
-                after = str(d.get("after", "")).splitlines(keepends=True)
-                text = "".join(difflib.unified_diff(before, after, "before", "after"))
-                console.print(text or "(state change)", markup=False, highlight=False)
+        console.print(Text.assemble((str(item["host"]), "bold"), f" {item['task']}"))
+        console.print(Text.from_ansi(item["text"].replace("\r\n", "\n")))
 
 
 def _ansible_env(root: Path) -> dict[str, str]:
@@ -253,25 +280,32 @@ def run_playbook(
     extravars: dict[str, Any] | None = None,
     verb: str | None = None,
     quiet: bool = False,
+    ansible: AnsibleOptions | None = None,
 ) -> RunResult:
     """Run playbooks/PLAYBOOK (or an absolute playbook path) after checking the inventory and the limit.
 
-    extravars are data: passed in a file tagged !unsafe, never templated."""
+    extravars are data: passed in a file tagged !unsafe, never templated. ANSIBLE are Ansible's own options, passed
+    as given after it (-e, --tags, --skip-tags, -v, --diff)."""
     root = paths.project_root()
+    ansible = ansible or AnsibleOptions()
     inv, _ = check_inventory(inventory or str(root / "inventories" / "lab"), limit, root)
-    cmdline = []
+    cmdline: list[str] = []
     if check:
         cmdline.append("--check")
-    if diff or check:
+    if diff or check or ansible.diff:
         cmdline.append("--diff")
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     artifacts = paths.state_dir() / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     _prune(artifacts, keep=20)
     (artifacts / run_id).mkdir()
-    # ansible-runner passes env/extravars of the private data dir as `-e @file` (its own dump would be templated)
-    write_extravars(artifacts / run_id / "env" / "extravars", extravars or {})
-    console = Console(stderr=True, quiet=quiet)
+    # the CLI's own values first, as data (`-e @file`, tagged !unsafe); then the operator's -e, as Ansible takes them
+    # (not env/extravars: ansible-runner would pass that one last, after the operator's)
+    cli_vars = artifacts / run_id / "opsbook-extravars.yml"
+    write_extravars(cli_vars, extravars or {})
+    cmdline = ["-e", f"@{cli_vars}", *ansible.args(), *cmdline]
+    stream = ansible.verbosity > 0 and not quiet  # Ansible's own output replaces the progress table
+    console = make_console(stderr=True, quiet=quiet)
     progress = Progress()
     envvars = _ansible_env(root)
     start = time.monotonic()
@@ -280,7 +314,10 @@ def run_playbook(
 
         def on_event(event: dict[str, Any]) -> bool:
             progress.handle(event)
-            if console.is_terminal:
+            if stream:
+                if str(event.get("stdout") or "").strip():
+                    live.console.print(Text.from_ansi(str(event["stdout"]).replace("\r\n", "\n")))
+            elif console.is_terminal:
                 live.update(progress.table())
             elif event.get("event") == "playbook_on_task_start" and not quiet:
                 console.print(f"  [{progress.play}] {progress.task}", highlight=False, soft_wrap=True, markup=False)
@@ -292,13 +329,15 @@ def run_playbook(
             playbook=str(root / "playbooks" / playbook),
             inventory=str(inv),
             limit=limit,
-            cmdline=" ".join(cmdline) or None,
+            cmdline=" ".join(shlex.quote(a) for a in cmdline),
             envvars=envvars,
             event_handler=on_event,
             quiet=True,
             ident=run_id,
         )
         live.update(progress.table())
+    if not console.is_terminal:  # Live leaves its last table without a line end in a log
+        console.line()
     seconds = time.monotonic() - start
     stats = r.stats or {}
     # the recap is the authority; events give the messages
@@ -310,7 +349,7 @@ def run_playbook(
                 tally.ok = n - (stats.get("changed") or {}).get(host, 0)
             else:
                 setattr(tally, attr, n)
-    if check or diff:
+    if not stream:  # streamed, Ansible printed them in place
         _render_diff(console, progress.diffs)
     error = ""
     if r.rc and not any(t.failed or t.unreachable for t in progress.hosts.values()):
@@ -335,7 +374,7 @@ def run_playbook(
     if not quiet:
         summarize(console, result, progress)
     elif error:  # quiet hides progress, not why nothing (or not everything) was done
-        Console(stderr=True).print(Text.assemble(("FAILED", "red"), f" {error}"), highlight=False)
+        make_console(stderr=True).print(Text.assemble(("FAILED", "red"), f" {error}"), highlight=False)
     return result
 
 

@@ -77,17 +77,16 @@ def ev(kind: str, **data: Any) -> dict[str, Any]:
 
 def canned_events() -> list[dict[str, Any]]:
     return [
-        ev("playbook_on_task_start", task=status.TASK),
-        ev("runner_on_ok", host="web1", task=status.TASK, res={"opsbook_status": GOOD, "changed": False}),
-        ev("runner_on_ok", host="db1", task=status.TASK, res={"opsbook_status": BAD, "changed": False}),
-        ev("runner_on_ok", host="db1", task="Put the report together", res={"ansible_facts": {}}),
+        ev("playbook_on_task_start", task="Report status"),
+        ev("runner_on_ok", host="web1", task="Report status", res={"opsbook_status": {"host": "old"}}),
         ev("runner_on_failed", host="db1", task="Fail when something is missing, stale or failed", res={"msg": "x"}),
-        ev("runner_on_skipped", host="web1", task=status.TASK),
+        ev("playbook_on_stats", ok={"web1": 9, "db1": 9}, artifact_data=canned_results()),
     ]
 
 
-def canned_results() -> dict[str, dict[str, Any]]:
-    return {"web1": {"opsbook_status": GOOD, "changed": False}, "db1": {"opsbook_status": BAD, "changed": False}}
+def canned_results() -> dict[str, Any]:
+    """A status run's results: the statistic opsbook_status (set_stats), {host: report}."""
+    return {"opsbook_status": {"web1": GOOD, "db1": BAD}}
 
 
 def test_register_adds_the_verb_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,7 +102,7 @@ def test_register_adds_the_verb_with_examples(capsys: pytest.CaptureFixture[str]
     assert "examples:" in capsys.readouterr().out
 
 
-def test_reports_come_from_the_report_status_results() -> None:
+def test_reports_come_from_the_runs_opsbook_status_statistic() -> None:
     reports = status.from_results(canned_results())
     assert set(reports) == {"web1", "db1"}
     assert reports["db1"]["backups"][0]["age_hours"] == 49.5
@@ -119,6 +118,9 @@ def test_collect_reads_the_runs_artifacts(tmp_path: Path) -> None:
     report.write_text(json.dumps({"artifacts": str(tmp_path / "artifacts")}))
     assert set(status.collect(report)) == {"web1", "db1"}
     assert status.collect(tmp_path / "missing.json") == {}
+    # a report that kept the results (runner.run_playbook writes them) is read as is
+    report.write_text(json.dumps({"artifacts": "/nonexistent", "results": {"opsbook_status": {"web1": GOOD}}}))
+    assert set(status.collect(report)) == {"web1"}
 
 
 def test_rows_show_release_backup_age_verification_and_days_left() -> None:
@@ -248,7 +250,7 @@ def fake_host(tmp_path: Path) -> Path:
 def play(host: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     """Run playbooks/status.yml with plain ansible-playbook; return rc, web1's report and the whole output."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+               ANSIBLE_SHOW_CUSTOM_STATS="true", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     # the play's internal paths are play vars: only extra vars override them
     internal = {k: v for k, v in yaml.safe_load((host / "hosts.yml").read_text())["all"]["children"]["web"]["hosts"]
                 ["web1"].items() if k.startswith("__")}
@@ -258,8 +260,7 @@ def play(host: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     start = res.stdout.find("\n{\n")  # profile_tasks (ansible.cfg) prints timing lines around the JSON
     assert start >= 0, res.stdout + res.stderr
     out, _ = json.JSONDecoder().raw_decode(res.stdout[start + 1:])
-    tasks = out["plays"][0]["tasks"]
-    report = next(t["hosts"]["web1"]["opsbook_status"] for t in tasks if t["task"]["name"] == status.TASK)
+    report = out["global_custom_stats"]["opsbook_status"]["web1"]  # the run statistic (set_stats), as AWX reads it
     assert out["stats"]["web1"]["changed"] == 0, "status must change nothing"
     return res.returncode, report, res.stdout
 

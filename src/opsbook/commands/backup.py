@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from opsbook import runner, values
-from opsbook.commands.provision import add_common, parse_extravars
+from opsbook import options, runner, values
 from opsbook.oplock import add_wait, lock_extravars
 
 TASK = "Run opsbook-backup"
@@ -18,6 +17,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "backup",
         help="run, verify, list or restore database backups",
         formatter_class=formatter,
+        parents=[options.playbook()],
         description=(
             "Run playbooks/backup.yml: the opsbook-backup command on the database hosts. A backup counts only once "
             "it has been restored into a scratch database and its tables and row counts match its manifest."
@@ -40,7 +40,6 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--yes-overwrite-live", action="store_true",
                    help="restore: replace the LIVE database with the backup's contents")
     add_wait(p)
-    add_common(p, check=False)
     p.set_defaults(func=run)
 
 
@@ -55,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
         "opsbook_backup_database": args.database,
         "opsbook_backup_yes_overwrite_live": bool(args.yes_overwrite_live),
         **lock_extravars(args),
-        **parse_extravars(args.extra_vars),
     }
-    result = runner.run_playbook("backup.yml", inventory=args.inventory, limit=args.limit, extravars=extravars,
-                                 verb=f"backup-{args.action}", quiet=args.quiet)
+    result = runner.run_playbook("backup.yml", inventory=args.inventory, limit=args.limit, check=args.check,
+                                 extravars=extravars, verb=f"backup-{args.action}", quiet=args.quiet,
+                                 ansible=options.ansible(args))
     for host, out in sorted(command_output(result.report).items()):
         print(f"== {host}")
         if out.strip():

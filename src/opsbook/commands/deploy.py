@@ -10,8 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from opsbook import paths, runner, values
-from opsbook.commands.provision import add_common, parse_extravars
+from opsbook import options, paths, runner, values
 from opsbook.oplock import add_wait, lock_extravars
 
 REPORT_TASK = "Report releases"
@@ -22,6 +21,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "deploy",
         help="deploy a release: blue/green, health-gated, one host at a time",
         formatter_class=formatter,
+        parents=[options.playbook()],
         description=(
             "Run playbooks/deploy.yml. The new release starts on the idle colour, must answer its health check "
             "N times in a row, then live.sock (nginx's upstream) is swapped to it, it is checked again through "
@@ -45,13 +45,13 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     d.add_argument("--serial", type=values.positive_int, default=1, metavar="N",
                    help="hosts deployed at a time (default 1)")
     add_wait(d)
-    add_common(d)
     d.set_defaults(func=run_deploy)
 
     r = sub.add_parser(
         "rollback",
         help="go back to the previous (or a named) release, through the same health gate",
         formatter_class=formatter,
+        parents=[options.playbook()],
         description="Run playbooks/rollback.yml: the releases are on the hosts already, nothing is built or shipped.",
         epilog="examples:\n  opsbook rollback\n  opsbook rollback --to 1.0.0",
     )
@@ -60,13 +60,12 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     r.add_argument("--serial", type=values.positive_int, default=1, metavar="N",
                    help="hosts rolled back at a time (default 1)")
     add_wait(r)
-    add_common(r)
     r.set_defaults(func=run_rollback)
 
     s = sub.add_parser("releases", help="the releases on each web host and which one is live",
-                       formatter_class=formatter, description="Run playbooks/releases.yml (read-only).")
+                       formatter_class=formatter, parents=[options.playbook()],
+                       description="Run playbooks/releases.yml (read-only).")
     s.add_argument("--json", action="store_true", help="print the state as JSON")
-    add_common(s, check=False)
     s.set_defaults(func=run_releases)
 
 
@@ -115,19 +114,18 @@ def target_vars(target: str, version: str | None, name: str = "app") -> dict[str
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    extra = parse_extravars(args.extra_vars)
+    _, extra = options.user_extravars(args.extra_vars)  # -e app_name names a build (-e itself goes to Ansible)
     extravars = {**target_vars(args.target, args.version, str(extra.get("app_name", "app"))),
-                 "app_serial": args.serial, **lock_extravars(args), **extra}
+                 "app_serial": args.serial, **lock_extravars(args)}
     result = runner.run_playbook("deploy.yml", inventory=args.inventory, limit=args.limit, check=args.check,
-                                 extravars=extravars, verb="deploy", quiet=args.quiet)
+                                 extravars=extravars, verb="deploy", quiet=args.quiet, ansible=options.ansible(args))
     return runner.exit_code(result)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **lock_extravars(args),
-                 **parse_extravars(args.extra_vars)}
+    extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **lock_extravars(args)}
     result = runner.run_playbook("rollback.yml", inventory=args.inventory, limit=args.limit, check=args.check,
-                                 extravars=extravars, verb="rollback", quiet=args.quiet)
+                                 extravars=extravars, verb="rollback", quiet=args.quiet, ansible=options.ansible(args))
     return runner.exit_code(result)
 
 
@@ -150,8 +148,8 @@ def releases_table(states: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def run_releases(args: argparse.Namespace) -> int:
-    result = runner.run_playbook("releases.yml", inventory=args.inventory, limit=args.limit,
-                                 extravars=parse_extravars(args.extra_vars), verb="releases", quiet=True)
+    result = runner.run_playbook("releases.yml", inventory=args.inventory, limit=args.limit, check=args.check,
+                                 verb="releases", quiet=True, ansible=options.ansible(args))
     states = {h: dict(res.get("msg") or {}) for h, res in runner.task_results(result.report, REPORT_TASK).items()}
     if args.json:
         print(json.dumps(states, indent=2, sort_keys=True))

@@ -12,12 +12,14 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from opsbook import lab, paths, runner
-from opsbook.commands.provision import parse_extravars
+from opsbook import options, paths, runner
+
+if TYPE_CHECKING:
+    from opsbook import lab  # the lab itself is imported only when a lab host is booted (tests/unit/test_boundary.py)
 
 HOST_VARS = {
     # the drill host's app uses the drill host's own (restored) database, and sends no backups anywhere
@@ -31,6 +33,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "drill",
         help="DR drill: fresh host, provision, restore the newest verified backup, deploy, smoke, RTO/RPO",
         formatter_class=formatter,
+        parents=[options.playbook()],
         description=(
             "Run playbooks/drill.yml: a fresh host built only from the inventory, the newest verified backup from\n"
             "the backup store and the release live now, serving again. RTO (start to healthy) and RPO (healthy\n"
@@ -39,11 +42,8 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         epilog="examples:\n  opsbook drill\n  opsbook drill --keep            leave the drill host running\n"
                "  opsbook drill -i inventories/prod   drill the hosts of its `drill` group",
     )
-    p.add_argument("-i", "--inventory", help="inventory path (default: inventories/lab)")
     p.add_argument("--host", default="drill1", help="lab: name of the drill host to boot (default drill1)")
     p.add_argument("--keep", action="store_true", help="lab: leave the drill host running")
-    p.add_argument("-e", "--extra-vars", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=run)
 
 
@@ -92,19 +92,25 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     # checked before its groups are read (and before a lab host boots): missing, unparsable or empty is exit 1
     inv, _ = runner.check_inventory(args.inventory or str(paths.project_root() / "inventories" / "lab"))
-    extravars = parse_extravars(args.extra_vars)
+    ansible = options.ansible(args)
     reports = paths.state_dir() / "drills"
     if has_drill_group(inv):
-        result = runner.run_playbook("drill.yml", inventory=str(inv), limit="drill", verb="drill",
-                                     extravars={"drill_started_at": t0, **extravars}, quiet=args.quiet)
+        result = runner.run_playbook("drill.yml", inventory=str(inv), verb="drill", check=args.check,
+                                     limit=f"drill:&{args.limit}" if args.limit else "drill",
+                                     extravars={"drill_started_at": t0}, quiet=args.quiet, ansible=ansible)
         for path in sorted(reports.glob("drill-*.json")):
             if path.stat().st_mtime >= t0:
                 print(markdown(path))
         if not result.ok:
             print(f"drill failed: see {result.report}")
         return runner.exit_code(result)
+    if args.limit:
+        raise SystemExit(f"opsbook drill: --limit selects among the hosts of a `drill` group; {inv} has none")
+    from opsbook import lab  # only here: a lab host is booted
+
     try:
-        result, data, report = drill_lab(inv, args.host, args.keep, args.quiet, t0, extravars)
+        result, data, report = drill_lab(inv, args.host, args.keep, args.quiet, t0, ansible=ansible,
+                                         check=args.check)
     except lab.LabError as exc:
         raise SystemExit(f"opsbook drill: {inv} has no `drill` group, and the lab could not boot one: {exc}") from exc
     if data and report:
@@ -113,17 +119,21 @@ def run(args: argparse.Namespace) -> int:
     return runner.exit_code(result)
 
 
-def drill_lab(inv: Path, name: str, keep: bool, quiet: bool, t0: float,
-              extravars: dict[str, Any] | None = None) -> tuple[runner.RunResult, dict[str, Any] | None, Path | None]:
+def drill_lab(inv: Path, name: str, keep: bool, quiet: bool, t0: float, extravars: dict[str, Any] | None = None,
+              ansible: runner.AnsibleOptions | None = None,
+              check: bool = False) -> tuple[runner.RunResult, dict[str, Any] | None, Path | None]:
     """Boot lab host NAME, drill it against a copy of the lab-shaped inventory INV, tear it down unless keep.
 
     Returns the run, the drill report's data (None if the drill failed) and the report's path."""
+    from opsbook import lab  # only here: a lab host is booted
+
     reports = paths.state_dir() / "drills"
     host = lab.up([lab.Host(name=name, ip="")], progress=not quiet)[0]
     try:
         drill_inv = drill_inventory(inv, reports / f"inventory-{host.name}", host)
         result = runner.run_playbook("drill.yml", inventory=str(drill_inv), limit=host.name, verb="drill",
-                                     extravars={"drill_started_at": t0, **(extravars or {})}, quiet=quiet)
+                                     check=check, extravars={"drill_started_at": t0, **(extravars or {})},
+                                     quiet=quiet, ansible=ansible)
         report = latest_report(reports, host.name)
         if result.ok and report and report.stat().st_mtime >= t0:
             return result, json.loads(report.read_text()), report

@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from opsbook import runner
-from opsbook.commands.provision import add_common, parse_extravars
+from opsbook import options, runner
 
 TASK = "Report status"
 
@@ -27,6 +26,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "status",
         help="firewall and database units, live release, last verified backup and certificate expiry per host",
         formatter_class=formatter,
+        parents=[options.playbook()],
         description=(
             "Run playbooks/status.yml (read-only) and show per host: whether the firewall (nftables.service)\n"
             "loaded and the database (db hosts: postgresql@15-main.service) runs, the live release and colour, the\n"
@@ -44,15 +44,13 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
             "\nexit codes: 0 nothing wrong, 2 a problem (or a failed task), 3 a host was unreachable"
         ),
     )
-    add_common(p, check=False)
     p.add_argument("--json", action="store_true", help="print the collected reports as JSON (nothing else on stdout)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = runner.run_playbook("status.yml", inventory=args.inventory, limit=args.limit,
-                                 extravars=parse_extravars(args.extra_vars), verb="status",
-                                 quiet=args.quiet or args.json)
+    result = runner.run_playbook("status.yml", inventory=args.inventory, limit=args.limit, check=args.check,
+                                 verb="status", quiet=args.quiet or args.json, ansible=options.ansible(args))
     reports = collect(result.report)
     rc = exit_code(result, reports)
     unreachable = sorted(h for h, t in result.hosts.items() if t.unreachable)
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": rc == 0, "hosts": reports, "unreachable": unreachable, "errors": errors},
                          indent=2, sort_keys=True))
     else:
-        render(Console(), reports, unreachable, errors)
+        render(runner.make_console(), reports, unreachable, errors)
     return rc
 
 

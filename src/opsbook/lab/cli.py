@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from opsbook import lab, paths
+from opsbook import lab, options, paths
+from opsbook.runner import make_console
 
 
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -32,7 +32,8 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         ),
     )
     lsub = p.add_subparsers(dest="lab_verb", metavar="ACTION", required=True)
-    up = lsub.add_parser("up", help="boot lab hosts (idempotent)")
+    common = [options.common()]
+    up = lsub.add_parser("up", help="boot lab hosts (idempotent)", parents=common)
     up.add_argument("hosts", nargs="*", help="inventory hosts to boot (default: all)")
     up.add_argument("--adhoc", nargs="+", default=[], metavar="NAME", help="boot extra hosts not in the inventory")
     up.add_argument("-i", "--inventory", help="lab inventory (default: inventories/lab)")
@@ -40,16 +41,17 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     up.add_argument("--acme-cert-seconds", type=int, metavar="N",
                     help="make the lab's ACME server (Pebble) issue certificates valid N seconds (renewal tests)")
     up.set_defaults(func=cmd_up)
-    down = lsub.add_parser("down", help="stop hosts; with none named, the whole lab")
+    down = lsub.add_parser("down", help="stop hosts; with none named, the whole lab", parents=common)
     down.add_argument("hosts", nargs="*")
     down.set_defaults(func=cmd_down)
-    rs = lsub.add_parser("restart", help="power hosts off and boot them again (same disk, same address)")
+    rs = lsub.add_parser("restart", help="power hosts off and boot them again (same disk, same address)",
+                         parents=common)
     rs.add_argument("hosts", nargs="+")
     rs.set_defaults(func=cmd_restart)
-    st = lsub.add_parser("status", help="what runs")
+    st = lsub.add_parser("status", help="what runs", parents=common)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-    ssh = lsub.add_parser("ssh", help="ssh into a lab host as root")
+    ssh = lsub.add_parser("ssh", help="ssh into a lab host as root", parents=common)
     ssh.add_argument("host")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     ssh.set_defaults(func=cmd_ssh)
@@ -70,9 +72,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         declared = []
     wanted = declared + [lab.Host(name=n, ip="") for n in args.adhoc]
     try:
-        hosts = lab.up(wanted, progress=not args.json, acme_cert_seconds=args.acme_cert_seconds)
+        hosts = lab.up(wanted, progress=not (args.json or args.quiet), acme_cert_seconds=args.acme_cert_seconds)
     except lab.LabError as e:
-        Console(stderr=True).print(f"[red]lab up failed:[/] {e}", highlight=False)
+        make_console(stderr=True).print(f"[red]lab up failed:[/] {e}", highlight=False)
         return 1
     if args.json:
         print(json.dumps([{"name": h.name, "ip": h.ip} for h in hosts]))
@@ -83,18 +85,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     try:
-        lab.restart(args.hosts)
+        lab.restart(args.hosts, progress=not args.quiet)
     except lab.LabError as e:
-        Console(stderr=True).print(f"[red]lab restart failed:[/] {e}", highlight=False)
+        make_console(stderr=True).print(f"[red]lab restart failed:[/] {e}", highlight=False)
         return 1
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     try:
-        lab.down(args.hosts or None)
+        lab.down(args.hosts or None, progress=not args.quiet)
     except lab.LabError as e:
-        Console(stderr=True).print(f"[red]lab down failed:[/] {e}", highlight=False)
+        make_console(stderr=True).print(f"[red]lab down failed:[/] {e}", highlight=False)
         return 1
     return 0
 
@@ -106,9 +108,10 @@ def _print_status() -> None:
     for row in lab.status():
         tbl.add_row(str(row["name"]), str(row["ip"]), "yes" if row["running"] else "NO",
                     "yes" if row["ssh"] else "no", ",".join(row["groups"]))  # type: ignore[arg-type]
-    Console().print(tbl)
+    console = make_console()
+    console.print(tbl)
     infra = lab.infra_status()
-    Console().print(f"bridge {lab.BRIDGE}: {'up' if infra['bridge'] else 'absent'}; "
+    console.print(f"bridge {lab.BRIDGE}: {'up' if infra['bridge'] else 'absent'}; "
                     f"apt proxy: {'running' if infra['apt_proxy'] else 'stopped'}; "
                     f"ACME: {infra['acme'] or 'stopped'}; "
                     f"base image: {infra['base_image'] or 'not built'}", highlight=False)

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     def backup() -> tuple[bool, str]:
         r = demo.play("backup.yml", "backup-run", {"opsbook_backup_action": "run"})
         listing = demo.play("backup.yml", "backup-list", {"opsbook_backup_action": "list"}, quiet=True)
-        backups = {h: json.loads(o) for h, o in command_output(listing.report).items() if o.strip().startswith("{")}
+        backups = {h: json.loads(o) for h, o in command_output(listing.results).items() if o.strip().startswith("{")}
         f["backups"] = backups
         newest = [b for v in backups.values() for b in v["backups"]][-1:]
         ok = r.ok and bool(newest) and newest[0]["verification"] == "passed" and newest[0]["latest_good"]
