@@ -12,6 +12,7 @@ fi
 APT_PACKAGES=(
   systemd-container debootstrap apt-cacher-ng iproute2 nftables openssh-client sshpass
   python3-venv python3-dev ca-certificates curl pebble wrk lynis postgresql-client
+  age  # the lab's backup key pair (age-keygen) and the tests that decrypt the store's copies
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

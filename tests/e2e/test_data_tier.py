@@ -38,6 +38,38 @@ from tests.e2e.conftest import FAST, ROOT, LabEnv, last_report, outcome, provisi
 NAMES = ["dr-web", "dr-db", "dr-store"]
 DRILL = "dr-drill"
 NOTES = 321
+# the body of the first note: a row value that must never be readable on the store (issue 11 item 11)
+MARKER = "opsbook-marker-note-5d0e2a71"
+STORE_DIR = "/srv/opsbook-backup/dr-db"
+AGE_HEADER = b"age-encryption.org/v1\n"
+# Run on the store: every occurrence of the marker in every file under a directory, in the raw bytes and in every
+# zlib stream in them (pg_dump's custom format compresses table data with zlib: a plain grep would miss the rows of
+# a plaintext dump). Prints one JSON object: files searched, matches per file.
+STORE_GREP = r"""
+import json, os, sys, zlib
+marker, root = sys.argv[1].encode(), sys.argv[2]
+found, files = {}, 0
+for d, _, names in os.walk(root):
+    for n in names:
+        path = os.path.join(d, n)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        files += 1
+        data = open(path, "rb").read()
+        view = memoryview(data)
+        hits = data.count(marker)
+        i = data.find(b"\x78")
+        while 0 <= i < len(data) - 1:
+            if (0x7800 + data[i + 1]) % 31 == 0:  # a zlib header
+                try:
+                    hits += zlib.decompressobj().decompress(view[i:]).count(marker)
+                except zlib.error:
+                    pass
+            i = data.find(b"\x78", i + 1)
+        if hits:
+            found[path] = hits
+print(json.dumps({"files": files, "matches": found}))
+"""
 
 CERT_DIR = "/etc/letsencrypt/live/dr-db.opsbook.test"
 METRICS = "/var/lib/prometheus/node-exporter/opsbook_backup_app.prom"
@@ -65,7 +97,8 @@ def dr_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
     with provisioned_lab(tmp_path_factory, groups, FAST, also_down=(DRILL,)) as env:
         res = env.opsbook("deploy", "1.0.0")  # builds examples/app as 1.0.0; its migration makes the notes table
         assert res.returncode == 0, f"deploy failed:\n{outcome(res)}"
-        sql = f"INSERT INTO notes(body) SELECT 'note ' || g FROM generate_series(1, {NOTES:d}) g"  # noqa: S608
+        sql = (f"INSERT INTO notes(body) SELECT CASE g WHEN 1 THEN '{MARKER}' ELSE 'note ' || g END"  # noqa: S608
+               f" FROM generate_series(1, {NOTES:d}) g")
         env.ssh("dr-db", f"cd /tmp && runuser -u postgres -- psql -q app -c \"{sql}\"")
         res = env.opsbook("backup", "run")
         assert res.returncode == 0, f"backup failed:\n{outcome(res)}"
@@ -123,11 +156,38 @@ def test_the_sandboxed_backup_unit_takes_a_verified_backup_onto_the_store(dr_lab
     name = str(new["file"])
     manifest = json.loads(dr_lab.ssh("dr-db", f"cat /var/lib/opsbook/backup/{name.removesuffix('.dump')}"
                                                ".manifest.json").stdout)
-    # the store received it: a line of its ledger with the dump's sha256
+    # the store received the age-encrypted copy (the sandboxed unit ran age): a line of its ledger with the
+    # copy's sha256 and size, as the local manifest notes them
+    assert manifest["copy"]["encryption"] == "age"
     ledger = [json.loads(line) for line in
-              dr_lab.ssh("dr-store", "cat /srv/opsbook-backup/dr-db/ledger.jsonl").stdout.splitlines() if line]
-    assert {"name": name, "sha256": manifest["sha256"], "size": manifest["size"]}.items() <= next(
+              dr_lab.ssh("dr-store", f"cat {STORE_DIR}/ledger.jsonl").stdout.splitlines() if line]
+    assert {"name": name, "sha256": manifest["copy"]["sha256"], "size": manifest["copy"]["size"]}.items() <= next(
         e for e in ledger if e.get("name") == name).items(), ledger
+
+
+def grep_store(env: LabEnv) -> dict[str, object]:
+    out = env.ssh("dr-store", f"python3 - {MARKER} {STORE_DIR} <<'EOF'\n{STORE_GREP}\nEOF").stdout
+    result: dict[str, object] = json.loads(out)
+    print(f"store grep for {MARKER}: {result}")
+    return result
+
+
+def test_the_store_holds_no_plaintext(dr_lab: LabEnv) -> None:
+    """Issue 11 item 11, acceptance 3: the first note's body is in the dumps on the database host (plaintext, they
+    are verified there) and in none of the store's files, raw or compressed; every copy the store's ledger received
+    starts with the age header."""
+    local = dr_lab.ssh("dr-db", f"python3 - {MARKER} /var/lib/opsbook/backup <<'EOF'\n{STORE_GREP}\nEOF").stdout
+    assert json.loads(local)["matches"], local  # the marker is really in the dumps
+    result = grep_store(dr_lab)
+    assert int(str(result["files"])) >= 7 and result["matches"] == {}, result  # 3 copies of 2 files and the ledger
+    ledger = [json.loads(line) for line in
+              dr_lab.ssh("dr-store", f"cat {STORE_DIR}/ledger.jsonl").stdout.splitlines() if line]
+    dumps = sorted({e["name"] for e in ledger if e["name"].endswith(".dump") and "received" in e})
+    assert len(dumps) >= 3, ledger
+    for name in dumps:
+        head = subprocess.run([*lab.ssh_command("dr-store"), f"head -c {len(AGE_HEADER)} {STORE_DIR}/{name}"],
+                              capture_output=True, timeout=60).stdout
+        assert head == AGE_HEADER, (name, head)
 
 
 # --------------------------------------------------------------------------- status (plain ansible-playbook, as AWX)
@@ -299,3 +359,6 @@ def test_drill_restores_the_newest_real_copy_despite_forged_uploads_and_measures
     # no copy of the production dump left on the controller, and its work directory is private
     assert not dump_copies_on_the_controller()
     assert DRILL_WORK.stat().st_mode & 0o777 == 0o700
+    # the drill decrypted the copy with the identity on the drill host; the store still holds no plaintext
+    assert "Decrypt the copy on the drill host" in out
+    assert grep_store(dr_lab)["matches"] == {}

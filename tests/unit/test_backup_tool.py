@@ -6,11 +6,14 @@ older one, to show that a test fails there)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import io
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -159,3 +162,101 @@ def test_the_restore_role_is_a_name(tmp_path: Path, capsys: pytest.CaptureFixtur
                    "--as-role", role])
     assert exc.value.code == 2
     assert "invalid role name" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- encrypted off-host copies (issue 11)
+
+AGE_BIN = "/usr/bin/age"
+needs_age = pytest.mark.skipif(not (os.access(AGE_BIN, os.X_OK) and shutil.which("age-keygen")),
+                               reason="age is not installed (apt-get install age; scripts/bootstrap.sh lists it)")
+FAKE_SSH = """#!/bin/sh
+# a store that keeps what `put NAME SHA256` sends (the last argument is the forced command's request)
+for last; do :; done
+set -- $last
+[ "$1" = put ] || exit 1
+cat > "$UPLOADS/$2"
+"""
+# a value of a row that the dump holds: never on the store in the clear
+MARKER = b"opsbook-marker-row-7f3a9c"
+
+
+def age_keypair(tmp_path: Path) -> tuple[Path, str]:
+    identity = tmp_path / "identity.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    return identity, recipient
+
+
+def store_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipients: object) -> tuple[dict, Path, Path]:
+    """A verified dump holding MARKER, a configuration with a store, and a fake ssh that saves the uploads."""
+    cfg, bdir = backup_dir(tmp_path)
+    dump = bdir / f"app-{STAMP}.dump"
+    plain = b"PGDMP" + os.urandom(2000) + MARKER + b"\n" * 100
+    dump.write_bytes(plain)
+    manifest = {"file": dump.name, "sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain),
+                "tables": {"public.notes": 1}, "verification": {"status": "passed"}}
+    (bdir / f"app-{STAMP}.manifest.json").write_text(json.dumps(manifest))
+    bindir, uploads = tmp_path / "bin", tmp_path / "uploads"
+    bindir.mkdir()
+    uploads.mkdir()
+    (bindir / "ssh").write_text(FAKE_SSH)
+    (bindir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("UPLOADS", str(uploads))
+    cfg["store"] = {"address": "192.0.2.9", "port": 22, "user": "opsbook-backup", "key": "/nonexistent",
+                    "known_hosts": "/nonexistent", "age_recipients": recipients}
+    return cfg, dump, uploads
+
+
+@needs_age
+def test_the_copy_leaves_the_host_age_encrypted_and_decrypts_to_the_verified_dump(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    identity, recipient = age_keypair(tmp_path)
+    (tmp_path / "spare").mkdir()
+    _, other = age_keypair(tmp_path / "spare")  # a second recipient (say, a spare key kept offline)
+    cfg, dump, uploads = store_setup(tmp_path, monkeypatch, [recipient, other])
+    plain = dump.read_bytes()
+    tool.Backup(cfg).copy(str(dump))
+    sent = {p.name: p.read_bytes() for p in uploads.iterdir()}
+    assert sorted(sent) == [f"app-{STAMP}.dump", f"app-{STAMP}.manifest.json"]
+    copy = sent[f"app-{STAMP}.dump"]
+    # nothing that left the host holds the row value or the dump's plaintext
+    assert all(MARKER not in data and b"PGDMP" not in data for data in sent.values())
+    assert copy.startswith(b"age-encryption.org/v1\n")
+    # the copy's manifest describes the uploaded bytes (what the store's ledger records) and the plaintext
+    m = json.loads(sent[f"app-{STAMP}.manifest.json"])
+    assert m["sha256"] == hashlib.sha256(copy).hexdigest() and m["size"] == len(copy)
+    assert m["plaintext"] == {"sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain)}
+    assert m["encryption"] == {"format": "age-encryption.org/v1", "recipients": [recipient, other]}
+    assert m["file"] == dump.name and m["verification"]["status"] == "passed"
+    decrypted = subprocess.run([AGE_BIN, "--decrypt", "--identity", str(identity)], input=copy,
+                               capture_output=True, check=True).stdout
+    assert decrypted == plain
+    # the local copy stays plaintext (it was verified here); its manifest notes the encrypted copy
+    assert dump.read_bytes() == plain
+    local = json.loads((dump.parent / f"app-{STAMP}.manifest.json").read_text())
+    assert local["sha256"] == hashlib.sha256(plain).hexdigest()
+    assert local["copy"]["sha256"] == m["sha256"] and local["copy"]["encryption"] == "age"
+    assert not [p.name for p in dump.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("recipients", [None, [], ["age1notakey"], ["ssh-ed25519 AAAA"], "age1" + "q" * 58])
+def test_without_valid_age_recipients_nothing_leaves_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              recipients: object) -> None:
+    cfg, dump, uploads = store_setup(tmp_path, monkeypatch, recipients)
+    with pytest.raises(tool.BackupError, match="age"):
+        tool.Backup(cfg).copy(str(dump))
+    assert list(uploads.iterdir()) == []
+
+
+@needs_age
+def test_a_dump_changed_since_its_verification_is_not_copied(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _, recipient = age_keypair(tmp_path)
+    cfg, dump, uploads = store_setup(tmp_path, monkeypatch, [recipient])
+    dump.write_bytes(dump.read_bytes() + b"tampered")
+    with pytest.raises(tool.BackupError, match="changed since it was verified"):
+        tool.Backup(cfg).copy(str(dump))
+    assert list(uploads.iterdir()) == []
+    assert not [p.name for p in dump.parent.iterdir() if p.name.startswith(".tmp-")]

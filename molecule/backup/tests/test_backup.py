@@ -6,6 +6,7 @@ The tests run in file order and build on each other (seed → backups → failur
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shlex
@@ -32,6 +33,39 @@ KNOWN_HOSTS = "/etc/opsbook/backup/known_hosts"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 SEEDED = {"public.pgbench_accounts": 100000, "public.pgbench_branches": 1, "public.pgbench_history": 0,
           "public.pgbench_tellers": 10}
+# a row value of the seeded data (the branch's filler): never readable on the store
+MARKER = "opsbook-marker-b7c41e9d"
+AGE_IDENTITY = "/var/lib/opsbook/lab/secrets/backup_age_identity"
+AGE_HEADER = b"age-encryption.org/v1\n"
+LAB_KEY = "/var/lib/opsbook/lab/ssh/id_ed25519"
+# Run on the store: every occurrence of the marker in every file under the store's directory, in the raw bytes and
+# in every zlib stream in them (pg_dump's custom format compresses table data with zlib, so a plain grep of a
+# plaintext dump would miss its rows). Prints one JSON object: files searched, matches per file.
+STORE_GREP = r"""
+import json, os, sys, zlib
+marker, root = sys.argv[1].encode(), sys.argv[2]
+found, files = {}, 0
+for d, _, names in os.walk(root):
+    for n in names:
+        path = os.path.join(d, n)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        files += 1
+        data = open(path, "rb").read()
+        view = memoryview(data)
+        hits = data.count(marker)
+        i = data.find(b"\x78")
+        while 0 <= i < len(data) - 1:
+            if (0x7800 + data[i + 1]) % 31 == 0:  # a zlib header
+                try:
+                    hits += zlib.decompressobj().decompress(view[i:]).count(marker)
+                except zlib.error:
+                    pass
+            i = data.find(b"\x78", i + 1)
+        if hits:
+            found[path] = hits
+print(json.dumps({"files": files, "matches": found}))
+"""
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
@@ -103,6 +137,7 @@ def leftovers(host: Any) -> list[str]:
 def seeded(host: Any) -> None:
     cmd = host.run("runuser -u postgres -- %s -i -s 1 -q %s", PGBENCH, DB)
     assert cmd.rc == 0, cmd.stderr
+    sql(host, f"UPDATE pgbench_branches SET filler = '{MARKER}'")  # noqa: S608 - a constant
     assert live_counts(host) == SEEDED
 
 
@@ -118,18 +153,67 @@ def test_run_makes_a_verified_dump_with_manifest_copy_and_metrics(host: Any) -> 
     assert m["sha256"] == sha256(host, f"{BACKUP_DIR}/{newest['file']}")
     assert m["size"] == host.file(f"{BACKUP_DIR}/{newest['file']}").size
     assert m["verification"]["smoke"] == "passed"
-    # the copy on the store has the same bytes
+    # the copy on the store is the age-encrypted dump the local manifest notes; the copy's manifest describes those
+    # bytes (the store's ledger checks them) and keeps the plaintext's figures
     store = store_host()
-    assert sha256(store, f"{STORE_DIR}/{newest['file']}") == m["sha256"]
+    assert m["copy"]["encryption"] == "age"
+    assert sha256(store, f"{STORE_DIR}/{newest['file']}") == m["copy"]["sha256"]
     stored_manifest = json.loads(store.file(f"{STORE_DIR}/{newest['file'].removesuffix('.dump')}.manifest.json")
                                  .content_string)
     assert stored_manifest["verification"]["status"] == "passed"
+    assert stored_manifest["sha256"] == m["copy"]["sha256"] and stored_manifest["size"] == m["copy"]["size"]
+    assert stored_manifest["plaintext"] == {"sha256": m["sha256"], "size": m["size"]}
     values = metrics(host)
     assert values["last_run_success"] == 1 and values["verification_success"] == 1
     assert values["size_bytes"] == m["size"]
     assert values["restore_seconds"] > 0
     assert values["last_success_timestamp_seconds"] >= int(before) - 1
     assert leftovers(host) == []
+
+
+def on_host(host: Any, command: str) -> bytes:
+    """COMMAND's stdout as bytes, over the lab's SSH key (testinfra's Ansible backend decodes output as text)."""
+    address = host.ansible.get_variables()["ansible_host"]
+    proc = subprocess.run(["ssh", "-i", LAB_KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{address}", command],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_store_holds_no_plaintext_and_the_identity_decrypts_its_copies(host: Any) -> None:
+    """Issue 11 item 11, acceptance 3: a row value of the database (the seeded branch's filler) is nowhere in the
+    store's files, raw or in any zlib stream in them; every copy the store's ledger received starts with the age
+    header; decrypted with the lab's identity on the controller, the newest is the verified dump (its plaintext
+    sha256) and pg_restore reads its table of contents. The marker is really in the dumps: the local one has it."""
+    store = store_host()
+    local = host.run("python3 -c %s %s %s", STORE_GREP, MARKER, BACKUP_DIR)
+    assert local.rc == 0, local.stderr
+    assert json.loads(local.stdout)["matches"], local.stdout  # the row value is in the (plaintext) local dumps
+    grep = store.run("python3 -c %s %s %s", STORE_GREP, MARKER, STORE_DIR)
+    assert grep.rc == 0, grep.stderr
+    result = json.loads(grep.stdout)
+    print(f"store grep for {MARKER}: {result}")
+    assert result["files"] >= 3 and result["matches"] == {}, result
+    ledger = [json.loads(line) for line in store.file(f"{STORE_DIR}/ledger.jsonl").content_string.splitlines()]
+    dumps = sorted({e["name"] for e in ledger if e["name"].endswith(".dump") and "received" in e})
+    assert dumps
+    for name in dumps:
+        head = on_host(store, f"head -c {len(AGE_HEADER)} {STORE_DIR}/{name}")
+        assert head == AGE_HEADER, (name, head)
+    newest = latest_good(host)
+    assert newest
+    copy = on_host(store, f"cat {STORE_DIR}/{newest}")
+    stored = json.loads(store.file(f"{STORE_DIR}/{newest.removesuffix('.dump')}.manifest.json").content_string)
+    assert hashlib.sha256(copy).hexdigest() == stored["sha256"]
+    plain = subprocess.run(["age", "--decrypt", "--identity", AGE_IDENTITY], input=copy, capture_output=True,
+                           timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.startswith(b"PGDMP")
+    assert hashlib.sha256(plain.stdout).hexdigest() == stored["plaintext"]["sha256"] == manifest(host, newest)["sha256"]
+    toc = subprocess.run(["pg_restore", "--list"], input=plain.stdout, capture_output=True, timeout=120)
+    assert toc.returncode == 0, toc.stderr
+    assert b"TABLE DATA public pgbench_branches" in toc.stdout
 
 
 CLI = """

@@ -170,6 +170,32 @@ def ensure_secrets() -> None:
             fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(_secrets.token_urlsafe(24))
+    ensure_age_key(d)
+
+
+# the lab's age key pair for the backup copies (inventories/lab/group_vars/all.yml reads both)
+AGE_IDENTITY, AGE_RECIPIENT = "backup_age_identity", "backup_age_recipient"
+
+
+def ensure_age_key(d: Path) -> None:
+    """The age key pair the lab's off-host backup copies are encrypted to: the private key (age-keygen's file) and
+    its public key, 0600 files in D. Made once: a new pair would leave the copies made before unreadable."""
+    identity, recipient = d / AGE_IDENTITY, d / AGE_RECIPIENT
+    if identity.exists() and recipient.exists():
+        return
+    if not shutil.which("age-keygen"):
+        raise LabError("age-keygen not found: apt-get install age (scripts/bootstrap.sh installs it)")
+    if not identity.exists():
+        tmp = d / f".{AGE_IDENTITY}.tmp"
+        tmp.unlink(missing_ok=True)
+        run(["age-keygen", "-o", str(tmp)])  # age-keygen creates it 0600
+        os.replace(tmp, identity)
+    public = run(["age-keygen", "-y", str(identity)]).stdout.strip()
+    tmp = d / f".{AGE_RECIPIENT}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(public + "\n")
+    os.replace(tmp, recipient)
 
 
 def ensure_ssh_key() -> Path:
