@@ -101,6 +101,7 @@ class RunResult:
     report: Path
     seconds: float
     error: str = ""  # why the run as a whole failed (Ansible's own words), when no host's task says it
+    results: dict[str, Any] = field(default_factory=dict)  # what the plays published with set_stats (docs/results.md)
 
     @property
     def no_hosts(self) -> bool:
@@ -143,6 +144,7 @@ class Progress:
         self.task = ""
         self.failures: list[dict[str, str]] = []
         self.diffs: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
 
     def handle(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -151,6 +153,8 @@ class Progress:
         if kind == "runner_on_file_diff" and host and str(event.get("stdout") or "").strip():
             # Ansible's own rendering of a diff (its default callback prints it only for a change)
             self.diffs.append({"host": host, "task": self.task, "text": str(event["stdout"])})
+        elif kind == "playbook_on_stats":  # the run's set_stats (per_host: false), as ansible-runner and AWX keep them
+            self.results = dict(data.get("artifact_data") or {})
         elif kind == "playbook_on_play_start":
             self.play = data.get("play", "")
         elif kind == "playbook_on_task_start":
@@ -369,8 +373,10 @@ def run_playbook(
         "failures": progress.failures,
         "error": error,
         "artifacts": str(artifacts / run_id),
+        "results": progress.results,
     })
-    result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds, error)
+    result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds, error,
+                       progress.results)
     if not quiet:
         summarize(console, result, progress)
     elif error:  # quiet hides progress, not why nothing (or not everything) was done
@@ -435,8 +441,43 @@ def write_report(verb: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def _event_counter(path: Path) -> int:
+    """The order of an ansible-runner event file (COUNTER-UUID.json)."""
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def artifact_results(artifacts: Path) -> dict[str, Any]:
+    """What a run's plays published with set_stats (per_host: false): the artifact_data of the last playbook_on_stats
+    event in ansible-runner's artifacts (the private data dir or its artifacts/IDENT). The CLI's results are these,
+    never a task's name (docs/results.md)."""
+    found: dict[str, Any] = {}
+    for path in sorted(artifacts.glob("**/job_events/*.json"), key=_event_counter):
+        try:
+            event = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if event.get("event") == "playbook_on_stats":
+            found = dict((event.get("event_data") or {}).get("artifact_data") or {})
+    return found
+
+
+def results(report: Path) -> dict[str, Any]:
+    """The set_stats results of the run whose JSON report is REPORT (kept in the report; else read from its
+    artifacts)."""
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return {}
+    if isinstance(data.get("results"), dict):
+        return dict(data["results"])
+    return artifact_results(Path(data["artifacts"])) if data.get("artifacts") else {}
+
+
 def task_results(report: Path, task: str) -> dict[str, dict[str, Any]]:
-    """The result of one named task per host (the last one wins), read from the run's ansible-runner events."""
+    """The result of one named task per host (the last one wins), read from the run's ansible-runner events.
+
+    For tests and debugging only: the CLI reads results(), which a renamed task cannot break."""
     try:
         artifacts = Path(json.loads(report.read_text())["artifacts"])
     except (OSError, ValueError, KeyError):

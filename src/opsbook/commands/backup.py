@@ -1,15 +1,19 @@
-"""opsbook backup: verified backups on the database hosts (playbooks/backup.yml → opsbook-backup on each host)."""
+"""opsbook backup: verified backups on the database hosts (playbooks/backup.yml → opsbook-backup on each host).
+
+What each host's opsbook-backup said comes from the run's results (the statistic opsbook_backup, docs/results.md),
+never from a task's name."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from opsbook import options, runner, values
 from opsbook.oplock import add_wait, lock_extravars
 
-TASK = "Run opsbook-backup"
+# the run statistic playbooks/backup.yml publishes: {host: {action, database, file, skipped, rc, stdout, stderr,
+# backups}} (docs/results.md)
+RESULT = "opsbook_backup"
 
 
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -58,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
     result = runner.run_playbook("backup.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  extravars=extravars, verb=f"backup-{args.action}", quiet=args.quiet,
                                  ansible=options.ansible(args))
-    for host, out in sorted(command_output(result.report).items()):
+    for host, out in sorted(command_output(result.results).items()):
         print(f"== {host}")
         if out.strip():
             print(out.rstrip())
     return runner.exit_code(result)
 
 
-def command_output(report: Path) -> dict[str, str]:
-    """stdout and stderr of the opsbook-backup task per host."""
-    return {host: "\n".join(s for s in (res.get("stdout"), res.get("stderr")) if s)
-            for host, res in runner.task_results(report, TASK).items()}
+def command_output(results: dict[str, Any]) -> dict[str, str]:
+    """stdout and stderr of opsbook-backup per host, from a run's results."""
+    return {str(host): "\n".join(str(s) for s in (res.get("stdout"), res.get("stderr")) if s)
+            for host, res in (results.get(RESULT) or {}).items() if isinstance(res, dict)}

@@ -13,7 +13,8 @@ from typing import Any
 from opsbook import options, paths, runner, values
 from opsbook.oplock import add_wait, lock_extravars
 
-REPORT_TASK = "Report releases"
+# the run statistics the playbooks publish (set_stats, docs/results.md): {host: ...}; never a task's name
+RELEASES = "opsbook_releases"
 
 
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -119,6 +120,7 @@ def run_deploy(args: argparse.Namespace) -> int:
                  "app_serial": args.serial, **lock_extravars(args)}
     result = runner.run_playbook("deploy.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  extravars=extravars, verb="deploy", quiet=args.quiet, ansible=options.ansible(args))
+    print("\n".join(outcome_lines(result.results, "opsbook_deploy")))
     return runner.exit_code(result)
 
 
@@ -126,7 +128,23 @@ def run_rollback(args: argparse.Namespace) -> int:
     extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **lock_extravars(args)}
     result = runner.run_playbook("rollback.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  extravars=extravars, verb="rollback", quiet=args.quiet, ansible=options.ansible(args))
+    print("\n".join(outcome_lines(result.results, "opsbook_rollback")))
     return runner.exit_code(result)
+
+
+def outcome_lines(results: dict[str, Any], key: str) -> list[str]:
+    """Per host that went through: what is live now (the statistic KEY: opsbook_deploy or opsbook_rollback)."""
+    lines = []
+    for host, o in sorted((results.get(key) or {}).items()):
+        if not isinstance(o, dict):
+            continue
+        if o.get("check"):
+            lines.append(f"{host}: would go from {o.get('was') or 'nothing'} to {o.get('version')} (check mode)")
+        elif o.get("switched"):
+            lines.append(f"{host}: {o.get('version')} live ({o.get('colour')}), was {o.get('was') or 'nothing'}")
+        else:
+            lines.append(f"{host}: {o.get('version')} live already ({o.get('colour') or '?'}), nothing switched")
+    return lines
 
 
 def releases_table(states: dict[str, dict[str, Any]]) -> list[str]:
@@ -147,10 +165,15 @@ def releases_table(states: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def release_states(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each web host's release state (or {'error': ...}) from a releases run's results."""
+    return {str(h): dict(st) for h, st in (results.get(RELEASES) or {}).items() if isinstance(st, dict)}
+
+
 def run_releases(args: argparse.Namespace) -> int:
     result = runner.run_playbook("releases.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  verb="releases", quiet=True, ansible=options.ansible(args))
-    states = {h: dict(res.get("msg") or {}) for h, res in runner.task_results(result.report, REPORT_TASK).items()}
+    states = release_states(result.results)
     if args.json:
         print(json.dumps(states, indent=2, sort_keys=True))
     else:

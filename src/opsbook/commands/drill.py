@@ -8,7 +8,6 @@ its hosts are drilled as they are and left alone.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -119,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
     return runner.exit_code(result)
 
 
+def measures(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each drilled host's measures (RTO, RPO, backup, release...) from the run's results: the statistic opsbook_drill
+    (docs/results.md), never a task's name."""
+    return {str(h): dict(m) for h, m in (results.get("opsbook_drill") or {}).items() if isinstance(m, dict)}
+
+
 def drill_lab(inv: Path, name: str, keep: bool, quiet: bool, t0: float, extravars: dict[str, Any] | None = None,
               ansible: runner.AnsibleOptions | None = None,
               check: bool = False) -> tuple[runner.RunResult, dict[str, Any] | None, Path | None]:
@@ -135,8 +140,9 @@ def drill_lab(inv: Path, name: str, keep: bool, quiet: bool, t0: float, extravar
                                      check=check, extravars={"drill_started_at": t0, **(extravars or {})},
                                      quiet=quiet, ansible=ansible)
         report = latest_report(reports, host.name)
-        if result.ok and report and report.stat().st_mtime >= t0:
-            return result, json.loads(report.read_text()), report
+        data = measures(result.results).get(host.name)
+        if result.ok and data and report and report.stat().st_mtime >= t0:
+            return result, data, report
         return result, None, None
     finally:
         if not keep:

@@ -1,8 +1,9 @@
 """opsbook status: firewall and database units, live release, verified backups and certificate expiry per host
 (playbooks/status.yml).
 
-The playbook decides what is a problem (and fails the host for it); this module only runs it, picks each host's
-report out of the "Report status" events and shows it as a table or as JSON.
+The playbook decides what is a problem (and fails the host for it); this module only runs it, takes each host's
+report from the run's results (the set_stats statistic opsbook_status, docs/results.md; never a task's name) and
+shows it as a table or as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from rich.text import Text
 
 from opsbook import options, runner
 
-TASK = "Report status"
+# the run statistic playbooks/status.yml publishes: {host: report}
+RESULT = "opsbook_status"
 
 
 def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -51,7 +53,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 def run(args: argparse.Namespace) -> int:
     result = runner.run_playbook("status.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  verb="status", quiet=args.quiet or args.json, ansible=options.ansible(args))
-    reports = collect(result.report)
+    reports = from_results(result.results)
     rc = exit_code(result, reports)
     unreachable = sorted(h for h, t in result.hosts.items() if t.unreachable)
     # hosts that failed before their report: the task and message say why
@@ -66,15 +68,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def collect(report: Path) -> dict[str, dict[str, Any]]:
-    """Each host's opsbook_status, from the "Report status" results of the run whose JSON report is REPORT."""
-    return from_results(runner.task_results(report, TASK))
+    """Each host's report, from the results of the run whose JSON report is REPORT."""
+    return from_results(runner.results(report))
 
 
-def from_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """opsbook_status per host from the "Report status" task's result on each host."""
+def from_results(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each host's report from a run's results: the statistic opsbook_status, {host: report}."""
     out: dict[str, dict[str, Any]] = {}
-    for host, res in results.items():
-        status = res.get("opsbook_status", res.get("msg"))
+    for host, status in (results.get(RESULT) or {}).items():
         if isinstance(status, dict):
             out[str(status.get("host") or host)] = status
     return out
