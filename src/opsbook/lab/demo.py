@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.rule import Rule
 from rich.table import Table
 
-from opsbook import lab, paths, runner
+from opsbook import lab, options, paths, runner
 from opsbook.commands import drill
 from opsbook.commands.backup import command_output
 from opsbook.lab import load, portscan
@@ -35,6 +36,7 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "demo",
         help="run everything on the lab: provision, deploy, backup, rollback, drill; one report",
         formatter_class=formatter,
+        parents=[options.common()],
         description=__doc__,
         epilog="examples:\n  opsbook demo\n  opsbook demo --keep      leave the lab running afterwards",
     )
@@ -45,15 +47,16 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 class Demo:
     """Runs steps in order; each one adds a row (what, result, seconds, ok) to the report."""
 
-    def __init__(self, console: Console, inv: Path) -> None:
+    def __init__(self, console: Console, inv: Path, quiet: bool = False) -> None:
         self.console = console
         self.inv = inv
+        self.quiet = quiet
         self.rows: list[dict[str, Any]] = []
         self.figures: dict[str, Any] = {}
         self.ok = True
 
     def step(self, title: str, fn: Callable[[], tuple[bool, str]]) -> bool:
-        self.console.rule(title)
+        rule(self.console, title)
         t = time.monotonic()
         try:
             ok, result = fn()
@@ -68,7 +71,13 @@ class Demo:
 
     def play(self, playbook: str, verb: str, extravars: dict[str, Any] | None = None,
              quiet: bool = False) -> runner.RunResult:
-        return runner.run_playbook(playbook, inventory=str(self.inv), verb=verb, extravars=extravars, quiet=quiet)
+        return runner.run_playbook(playbook, inventory=str(self.inv), verb=verb, extravars=extravars,
+                                   quiet=quiet or self.quiet)
+
+
+def rule(console: Console, title: str) -> None:
+    """A titled rule across a terminal; 80 columns in a log (its console does not wrap: runner.make_console)."""
+    console.print(Rule(title), width=console.width if console.is_terminal else 80)
 
 
 def _ssh(name: str, cmd: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -86,9 +95,9 @@ def _broken_source(tmp: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = runner.make_console()
     inv = paths.project_root() / "inventories" / "lab"
-    demo = Demo(console, inv)
+    demo = Demo(console, inv, quiet=args.quiet)
     f = demo.figures
     t0 = time.monotonic()
     declared = lab.inventory_hosts(inv)
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         return f"{web().name}.{lab.LAB_DOMAIN}"
 
     def lab_up() -> tuple[bool, str]:
-        hosts.update({h.name: h for h in lab.up(declared)})
+        hosts.update({h.name: h for h in lab.up(declared, progress=not args.quiet)})
         return True, ", ".join(f"{h.name} {h.ip}" for h in hosts.values())
 
     def provision(again: bool) -> Callable[[], tuple[bool, str]]:
@@ -208,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         return r.ok, "no problem on any host" if r.ok else _failure_text(r)
 
     def run_drill() -> tuple[bool, str]:
-        result, data, report = drill.drill_lab(inv, "drill1", args.keep, False, time.time())
+        result, data, report = drill.drill_lab(inv, "drill1", args.keep, args.quiet, time.time())
         if not data:
             return False, _failure_text(result)
         f["drill"] = data
@@ -234,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not args.keep:
-            console.rule("lab down")
-            lab.down([h.name for h in declared])
+            rule(console, "lab down")
+            lab.down([h.name for h in declared], progress=not args.quiet)
     f["total_seconds"] = round(time.monotonic() - t0, 1)
     f["result"] = "ok" if demo.ok else "failed"
     f["steps"] = demo.rows
