@@ -20,9 +20,10 @@ ansible-lint --profile production -q
 step "lint: ruff"
 ruff check src tests benchmarks molecule examples roles/app/files/opsbook-app roles/app/files/opsbook-app-build \
     roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store \
-    roles/common/files/opsbook-lock
+    roles/common/files/opsbook-lock plugins
 step "lint: mypy"
 mypy
+mypy plugins/filter  # opsbook's own Jinja filters (strict, as the package)
 step "unit tests"
 pytest -q tests/unit
 
