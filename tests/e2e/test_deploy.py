@@ -87,6 +87,18 @@ def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> subprocess.Comp
     return env.opsbook("deploy", str(src), "--version", version, *extra)
 
 
+def task_outputs(report: dict[str, object], prefix: str) -> dict[str, dict[str, object]]:
+    """Per host, the result of the task whose name starts with PREFIX and that ran (not skipped), from the run's
+    ansible-runner events."""
+    out = {}
+    for path in Path(str(report["artifacts"])).glob("**/job_events/*.json"):
+        ev = json.loads(path.read_text())
+        data = ev.get("event_data") or {}
+        if ev["event"] in ("runner_on_ok", "runner_on_failed") and str(data.get("task", "")).startswith(prefix):
+            out[str(data["host"])] = dict(data.get("res") or {})
+    return out
+
+
 # --------------------------------------------------------------------------- the tests, in order
 
 
@@ -175,7 +187,7 @@ def test_rolling_deploy_stops_at_the_failing_host(app_lab: LabEnv, releases: dic
     hv = app_lab.inventory / "host_vars"
     hv.mkdir(exist_ok=True)
     (hv / "e2e-app2.yml").write_text('app_env: {DATABASE_URL: "postgresql://app:x@127.0.0.1:1/app"}\n')
-    marker = "touch /tmp/opsbook-migrated"
+    marker = "echo opsbook-migrated-here"  # the hook is sandboxed (its own /tmp): it says so on its output
     try:
         res = deploy(app_lab, releases["2.0.0"], "2.0.0", "-e", "app_health_timeout=10",
                      "-e", f"app_migrate_command='{marker}'")
@@ -189,8 +201,8 @@ def test_rolling_deploy_stops_at_the_failing_host(app_lab: LabEnv, releases: dic
     assert served_version(app_lab, "e2e-app1") == "2.0.0"
     assert served_version(app_lab, "e2e-app2") == "1.0.0"
     # the migrations hook ran once, on the first host of the rollout
-    assert app_lab.ssh("e2e-app1", "test -e /tmp/opsbook-migrated", check=False).returncode == 0
-    assert app_lab.ssh("e2e-app2", "test -e /tmp/opsbook-migrated", check=False).returncode != 0
+    said = {h: r.get("stdout", "") for h, r in task_outputs(report, "Run the migrations hook").items()}
+    assert said == {"e2e-app1": "opsbook-migrated-here"}, said
     # the operation lock was released on both hosts, on success (e2e-app1) and on the refusal (e2e-app2)
     assert [lock_status(app_lab, n) for n in NAMES] == ["free", "free"]
 
@@ -204,14 +216,14 @@ def lock_status(env: LabEnv, name: str) -> str:
 
 def artifact(releases: dict[str, Path], version: str) -> str:
     """The release built on the controller beforehand, so that both runs start their playbooks at once."""
-    from opsbook.commands.deploy import target_vars
+    from opsbook.commands.deploy import build_artifact
 
-    return str(target_vars(str(releases[version]), version)["app_artifact"])
+    return str(build_artifact(releases[version], version)["artifact"])
 
 
 def refusal_timing(verb: str) -> dict[str, float]:
-    """From the newest refused VERB run's events: seconds the lock command took on the host to refuse, and from
-    the lock task's start and the playbook's start to the refusal (those add Ansible's own overhead)."""
+    """From the newest refused VERB run's events: seconds from the lock task's start and from the playbook's start
+    to the refusal (printed, never asserted: benchmarks/lock_refusal.py measures the refusal)."""
     runs = sorted((ROOT / ".opsbook" / "runs").glob(f"*-{verb}.json"), key=lambda p: p.stat().st_mtime)[-3:]
     for report in reversed(runs):
         data = json.loads(report.read_text())
@@ -228,11 +240,7 @@ def refusal_timing(verb: str) -> dict[str, float]:
                 at["lock"] = t
             elif ev["event"] == "runner_on_failed" and task == "Refuse - the host is busy":
                 at["refused"] = t
-            elif ev["event"] == "runner_on_ok" and task.startswith("Take the operation lock"):
-                h, m, sec = str(ev["event_data"]["res"]["delta"]).split(":")
-                at["on_host"] = int(h) * 3600 + int(m) * 60 + float(sec)
-        return {"on_host": at["on_host"], "from_lock_task": at["refused"] - at["lock"],
-                "from_playbook_start": at["refused"] - at["start"]}
+        return {"from_lock_task": at["refused"] - at["lock"], "from_playbook_start": at["refused"] - at["start"]}
     raise AssertionError(f"no refused {verb} report among {runs}")
 
 
@@ -268,13 +276,9 @@ def test_two_deploys_at_once_one_wins_the_other_is_refused_at_once_under_load(
     assert re.search(rf"e2e-app1 is busy: deploy {re.escape(won)} by \S+@\S+ \(run \S+", flat), outs[lost][-4000:]
     assert "since 20" in flat and "Refused at once" in flat, outs[lost][-4000:]
     timing = refusal_timing("deploy")
-    print(f"refusal: the lock command took {timing['on_host']:.2f} s on the host; "
-          f"{timing['from_lock_task']:.1f} s after its lock task started, "
+    print(f"refusal: {timing['from_lock_task']:.1f} s after its lock task started, "
           f"{timing['from_playbook_start']:.1f} s after its playbook started, {took[lost]:.1f} s after the command")
-    # refused at once: the lock decision on the host, without waiting behind the other deploy (the run's wall time
-    # adds Ansible's start-up and SSH round trips: 39 s with 2 busy cores here, 8.6 s on a quieter machine)
-    assert timing["on_host"] < 5, timing
-    assert took[lost] < took[won], took
+    # no timing assertion (tests never time; benchmarks/lock_refusal.py measures the refusal): the figures above
     load.assert_no_failed_request()
     assert served_version(app_lab, "e2e-app1") == won
     assert lock_status(app_lab, "e2e-app1") == "free"

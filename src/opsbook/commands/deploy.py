@@ -84,21 +84,44 @@ def checked_version(value: Any, where: str) -> str:
         raise SystemExit(f"opsbook deploy: {where}: {exc}") from None
 
 
+def build_artifact(source: Path, version: str | None, name: str = "app") -> dict[str, Any]:
+    """Build SOURCE's artifact now, on the controller (opsbook-app-build; an existing one of that version is reused)."""
+    cmd = [sys.executable, str(build_script()), str(source.resolve()), "--name", name,
+           "--out", str(paths.state_dir() / "build")]
+    if version:
+        cmd += ["--version", version]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr.strip() or res.stdout.strip())
+    built: dict[str, Any] = json.loads(res.stdout)
+    print(f"built {built['artifact']} ({'reused' if built['reused'] else 'new'})", file=sys.stderr)
+    return built
+
+
+def source_version(source: Path) -> str | None:
+    """The version a source directory declares in its top-level VERSION file (None without one)."""
+    try:
+        return (source / "VERSION").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def target_vars(target: str, version: str | None, name: str = "app") -> dict[str, Any]:
-    """Extra vars for a deploy TARGET: a version, an app source directory or an artifact tarball."""
+    """Extra vars for a deploy TARGET: a version, an app source directory or an artifact tarball.
+
+    A source directory is built by the playbook (the app role, on the controller) once it holds the hosts'
+    operation lock, so that a busy host refuses the run before any build; the version comes from --version or the
+    source's VERSION file. Only a source that declares neither is built here first, to learn its version."""
     path = Path(target)
     if path.is_dir():
-        cmd = [sys.executable, str(build_script()), str(path.resolve()), "--name", name,
-               "--out", str(paths.state_dir() / "build")]
-        if version:
-            cmd += ["--version", version]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise SystemExit(res.stderr.strip() or res.stdout.strip())
-        built = json.loads(res.stdout)
-        print(f"built {built['artifact']} ({'reused' if built['reused'] else 'new'})", file=sys.stderr)
-        return {"app_version": checked_version(built["version"], f"the version of {target}"),
-                "app_artifact": built["artifact"], "app_source_dir": ""}
+        declared = version or source_version(path)
+        if declared is None:
+            built = build_artifact(path, None, name)
+            return {"app_version": checked_version(built["version"], f"the version of {target}"),
+                    "app_artifact": built["artifact"], "app_source_dir": ""}
+        return {"app_version": checked_version(declared, f"the version of {target} (its VERSION file)"),
+                "app_source_dir": str(path.resolve()), "app_artifact": "",
+                "app_artifact_dir": str(paths.state_dir() / "build")}
     if target.endswith((".tar.gz", ".tgz")):
         if not path.is_file():
             raise SystemExit(f"opsbook deploy: no artifact at {target}")
