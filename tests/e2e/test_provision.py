@@ -60,7 +60,7 @@ def test_only_ssh_answers_from_a_second_host(provisioned: LabEnv) -> None:
         ).stdout
     finally:
         provisioned.ssh("e2e-web", "systemctl stop e2e-listener", check=False)
-    # a web host: SSH, and nginx on 80/443 (opened through firewall_rules__nginx); nothing else
+    # a web host: SSH, and nginx on 80/443 (the rule nginx publishes, nginx__firewall_rules); nothing else
     assert json.loads(out) == [22, 80, 443]
 
 
@@ -198,3 +198,26 @@ def test_example_inventory_provisions_and_its_accounts_log_in(provisioned: LabEn
     journal = ssh_as(provisioned, "admin", LAB_KEY,
                      "sudo -n journalctl -u ssh --no-pager -o cat | grep -c 'Accepted publickey for opsbook-backup'")
     assert int(journal.stdout.strip() or 0) >= 1, journal.stdout + journal.stderr
+
+    # issue 12, acceptance 2: the example names no rule, jail or rotation, yet the roles' logs are under rotation.
+    # nginx's files by the config nginx publishes (Debian's is gone: one config per log), checked by logrotate itself
+    rotation = ssh_as(provisioned, "admin", LAB_KEY, "sudo -n logrotate -d /etc/logrotate.conf 2>&1; "
+                      "ls /etc/logrotate.d")
+    assert "reading config file /etc/logrotate.d/opsbook-nginx" in rotation.stdout, rotation.stdout[-3000:]
+    for log in ("/var/log/nginx/access.log", "/var/log/nginx/error.log"):
+        assert f"considering log {log}" in rotation.stdout, rotation.stdout[-3000:]
+    assert "error:" not in rotation.stdout, rotation.stdout[-3000:]
+    assert "nginx" not in rotation.stdout.split(), "Debian's /etc/logrotate.d/nginx is still there"
+    # the backups (and the app's units, when deployed) write no log file: they log to the journal, which journald
+    # rotates within common's caps
+    backup = ssh_as(provisioned, "admin", LAB_KEY,
+                    "systemctl show -p StandardOutput --value opsbook-backup@app.service; "
+                    "systemd-analyze cat-config systemd/journald.conf | grep -E '^(SystemMaxUse|SystemMaxFileSize)='")
+    lines = backup.stdout.split()
+    assert lines[0] == "journal" and any(x.startswith("SystemMaxUse=") for x in lines), backup.stdout + backup.stderr
+    # and the firewall opened what nginx and postgresql publish, with nothing in the inventory
+    rules = ssh_as(provisioned, "admin", LAB_KEY, "sudo -n nft list table inet opsbook")
+    assert "HTTP (ACME challenges, redirect) and HTTPS" in rules.stdout, rules.stdout
+    assert "postgresql from the app hosts only" in rules.stdout, rules.stdout
+    jails = ssh_as(provisioned, "admin", LAB_KEY, "sudo -n fail2ban-client status")
+    assert "nginx-limit-req" in jails.stdout and "opsbook-nginx-scan" in jails.stdout, jails.stdout + jails.stderr

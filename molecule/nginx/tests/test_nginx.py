@@ -371,11 +371,14 @@ def test_logs_jails_and_rotation(host):
     assert "nginx-limit-req" in jails and "opsbook-nginx-scan" in jails
     assert host.check_output("fail2ban-client get nginx-limit-req logpath").strip().endswith("/var/log/nginx/error.log")
     assert "/var/log/nginx/access.log" in host.check_output("fail2ban-client get opsbook-nginx-scan logpath")
-    rotate = host.run("logrotate -d /etc/logrotate.d/nginx")
+    # the rotation nginx publishes (nginx__logrotate_configs), written by the logrotate role, replaces Debian's
+    rotate = host.run("logrotate -d /etc/logrotate.d/opsbook-nginx")
     assert rotate.rc == 0, rotate.stderr
     assert not re.search(r"^error", rotate.stderr, re.MULTILINE), rotate.stderr
-    # the role adds no second rotation config for the same logs
-    assert host.check_output("grep -l /var/log/nginx -r /etc/logrotate.d/").split() == ["/etc/logrotate.d/nginx"]
+    assert "/var/log/nginx/access.log" in rotate.stderr and "/var/log/nginx/error.log" in rotate.stderr, rotate.stderr
+    # one config for these logs: Debian's is gone
+    rotating = host.check_output("grep -l /var/log/nginx -r /etc/logrotate.d/").split()
+    assert rotating == ["/etc/logrotate.d/opsbook-nginx"]
 
 
 JAILS = ("nginx-limit-req", "opsbook-nginx-scan")
