@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -228,6 +229,50 @@ def _list_hosts(inventory: Path, limit: str | None, root: Path) -> tuple[int, li
     return res.returncode, hosts, res.stderr
 
 
+CHECKED_INVENTORIES = "inventory-checks.json"
+CHECKED_INVENTORIES_KEEP = 32
+
+
+def _inventory_key(path: Path, limit: str | None, root: Path) -> str:
+    """What a check's answer depends on: every file of the inventory (name, size, mtime), the limit, ansible.cfg.
+
+    A changed, added or removed file gives a new key, so the inventory is checked again."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    parts = [str(path), limit or ""]
+    for f in [*files, root / "ansible.cfg"]:
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            parts.append(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _checked_inventories() -> dict[str, list[str]]:
+    try:
+        data = json.loads((paths.state_dir() / CHECKED_INVENTORIES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list)} if isinstance(data, dict) else {}
+
+
+def _remember_inventory(key: str, hosts: list[str]) -> None:
+    """Remember an inventory that parsed and selected hosts, so an unchanged one is not parsed twice per command.
+
+    Only a skip of this pre-check: the run itself parses the inventory strictly (STRICT_INVENTORY_ENV) and a run
+    that matched no host still fails (exit 2). It saves a whole `ansible --list-hosts` (2-8 s on a busy 2-core
+    machine) before a deploy that a held lock should refuse at once."""
+    data = _checked_inventories()
+    data.pop(key, None)
+    data[key] = hosts
+    data = dict(list(data.items())[-CHECKED_INVENTORIES_KEEP:])
+    target = paths.state_dir() / CHECKED_INVENTORIES
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, target)
+
+
 def check_inventory(inventory: str, limit: str | None = None, root: Path | None = None) -> tuple[Path, list[str]]:
     """The inventory's absolute path and the hosts it (and the limit) selects, as Ansible itself parses them.
 
@@ -241,8 +286,13 @@ def check_inventory(inventory: str, limit: str | None = None, root: Path | None 
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         raise UsageError(f"opsbook: inventory {inventory}: not readable")
     path = path.resolve()
+    key = _inventory_key(path, limit, root)
+    cached = _checked_inventories().get(key)
+    if cached:
+        return path, cached
     rc, hosts, err = _list_hosts(path, limit, root)
     if rc == 0 and hosts:
+        _remember_inventory(key, hosts)
         return path, hosts
     if limit:  # the same without the limit says whether the inventory or the limit selects nothing
         rc_all, all_hosts, err_all = _list_hosts(path, None, root)

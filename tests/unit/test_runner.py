@@ -87,3 +87,37 @@ def test_task_results_reads_one_task_per_host(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"artifacts": str(tmp_path / "artifacts")}))
     assert runner.task_results(report, "Report") == {"a": {"msg": {"v": 3}}, "b": {"msg": {"v": 2}}}
+
+
+def test_an_unchanged_inventory_is_checked_once_and_a_changed_one_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-check's answer is kept for an unchanged inventory (a deploy that a held lock refuses should not wait
+    for a second inventory parse), and any change to the inventory's files makes it parse again: a broken edit is
+    still refused before anything runs."""
+    monkeypatch.setenv("OPSBOOK_STATE", str(tmp_path / "state"))
+    inv = tmp_path / "inv"
+    (inv / "group_vars").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("all:\n  hosts:\n    web1:\n      ansible_host: 192.0.2.10\n")
+    calls: list[str | None] = []
+    real = runner._list_hosts
+
+    def counting(inventory: Path, limit: str | None, root: Path) -> tuple[int, list[str], str]:
+        calls.append(limit)
+        return real(inventory, limit, root)
+
+    monkeypatch.setattr(runner, "_list_hosts", counting)
+    assert runner.check_inventory(str(inv))[1] == ["web1"]
+    assert runner.check_inventory(str(inv))[1] == ["web1"]
+    assert len(calls) == 1
+    assert oct((tmp_path / "state" / runner.CHECKED_INVENTORIES).stat().st_mode & 0o777) == "0o600"
+    # another limit is another question
+    with pytest.raises(runner.UsageError, match="matches no host"):
+        runner.check_inventory(str(inv), limit="db9")
+    # a file added under the inventory is a change: parsed again
+    (inv / "group_vars" / "all.yml").write_text("a: 1\n")
+    assert runner.check_inventory(str(inv))[1] == ["web1"]
+    assert calls == [None, "db9", None, None]  # the limit asked twice: with it, and without it to say which is empty
+    # an edit that breaks the host list is refused, though the same path passed a moment ago
+    (inv / "hosts.yml").write_text("all:\n  hosts: [unclosed\n")
+    with pytest.raises(runner.UsageError, match="does not parse"):
+        runner.check_inventory(str(inv))
