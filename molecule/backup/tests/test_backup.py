@@ -38,34 +38,8 @@ MARKER = "opsbook-marker-b7c41e9d"
 AGE_IDENTITY = "/var/lib/opsbook/lab/secrets/backup_age_identity"
 AGE_HEADER = b"age-encryption.org/v1\n"
 LAB_KEY = "/var/lib/opsbook/lab/ssh/id_ed25519"
-# Run on the store: every occurrence of the marker in every file under the store's directory, in the raw bytes and
-# in every zlib stream in them (pg_dump's custom format compresses table data with zlib, so a plain grep of a
-# plaintext dump would miss its rows). Prints one JSON object: files searched, matches per file.
-STORE_GREP = r"""
-import json, os, sys, zlib
-marker, root = sys.argv[1].encode(), sys.argv[2]
-found, files = {}, 0
-for d, _, names in os.walk(root):
-    for n in names:
-        path = os.path.join(d, n)
-        if os.path.islink(path) or not os.path.isfile(path):
-            continue
-        files += 1
-        data = open(path, "rb").read()
-        view = memoryview(data)
-        hits = data.count(marker)
-        i = data.find(b"\x78")
-        while 0 <= i < len(data) - 1:
-            if (0x7800 + data[i + 1]) % 31 == 0:  # a zlib header
-                try:
-                    hits += zlib.decompressobj().decompress(view[i:]).count(marker)
-                except zlib.error:
-                    pass
-            i = data.find(b"\x78", i + 1)
-        if hits:
-            found[path] = hits
-print(json.dumps({"files": files, "matches": found}))
-"""
+# the store grep (tests/store_grep.py): every occurrence of a marker under a directory, raw and in zlib streams
+STORE_GREP = (Path(__file__).resolve().parents[3] / "tests" / "store_grep.py").read_text()
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
