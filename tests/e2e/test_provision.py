@@ -155,9 +155,21 @@ def example_inventory(tmp_path: Path, env: LabEnv) -> Path:
     common.write_text(text.replace(keys[1], alice.with_suffix(".pub").read_text().strip()))
     pw_hash = subprocess.run(["openssl", "passwd", "-6", "test-alice"], capture_output=True, text=True,
                              check=True).stdout.strip()
-    (inv / "group_vars" / "all" / "vault.yml").write_text(yaml.safe_dump({
-        "vault_alice_password_hash": pw_hash, "vault_postgresql_app_password": "test-db-password",
-        "vault_app_secret_key": "test-secret-key"}))
+    # a test age key pair in the example key's place (the recipient in group_vars, the identity in the vault)
+    age = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True)
+    identity = next(line for line in age.stdout.splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+    recipient = subprocess.run(["age-keygen", "-y"], input=identity + "\n", capture_output=True, text=True,
+                               check=True).stdout.strip()
+    backup = inv / "group_vars" / "db" / "backup.yml"
+    example_keys = re.findall(r"age1[0-9a-z]+", backup.read_text())
+    assert len(example_keys) == 1, example_keys
+    backup.write_text(backup.read_text().replace(example_keys[0], recipient))
+    secrets = {"vault_alice_password_hash": pw_hash, "vault_postgresql_app_password": "test-db-password",
+               "vault_app_secret_key": "test-secret-key", "vault_backup_age_identity": identity}
+    named = {m for f in (inv / "group_vars").rglob("*.yml") if f.name != "vault.yml"
+             for m in re.findall(r"\bvault_\w+", f.read_text())}
+    assert named <= set(secrets), f"the example names vault variables this test does not set: {named - set(secrets)}"
+    (inv / "group_vars" / "all" / "vault.yml").write_text(yaml.safe_dump(secrets))
     return inv
 
 
