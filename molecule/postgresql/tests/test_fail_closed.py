@@ -103,7 +103,8 @@ def test_invalid_firewall_config_at_boot_keeps_5432_closed(host: Any, broken_fir
     # opsbook status says why, and fails
     res = subprocess.run(
         [str(BIN / "opsbook"), "status", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", TARGET, "--json",
-         "-e", f"status_database_units=[{UNIT}]"],
+         # a list, as JSON: -e passes through as ansible-playbook takes it (KEY=VALUE gives a string)
+         "-e", json.dumps({"status_database_units": [UNIT]})],
         capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
