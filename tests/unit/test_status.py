@@ -364,3 +364,18 @@ def test_playbook_firewall_check_can_be_switched_off(fake_host: Path) -> None:
     rc, report, out = play(fake_host, "-e", "status_firewall_unit=")
     assert rc == 0, out
     assert report["units"] == [] and report["problems"] == []
+
+
+def test_playbook_refuses_a_database_unit_list_given_as_a_string(fake_host: Path) -> None:
+    """-e status_database_units=[x] is Ansible's KEY=VALUE: a string. The play refuses it naming the variable (it
+    checked the characters of the string as unit names before, and found no database unit)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    internal = {k: v for k, v in yaml.safe_load((fake_host / "hosts.yml").read_text())["all"]["children"]["web"]
+                ["hosts"]["web1"].items() if k.startswith("__")}
+    res = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(fake_host / "hosts.yml"),
+                          "playbooks/status.yml", "-e", json.dumps(internal),
+                          "-e", "status_database_units=[postgresql@15-main.service]"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "status_database_units must be a list of unit names" in res.stdout, res.stdout[-3000:]
