@@ -351,7 +351,6 @@ def run_playbook(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     artifacts = paths.state_dir() / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    _prune(artifacts, keep=20)
     (artifacts / run_id).mkdir()
     # the CLI's own values first, as data (`-e @file`, tagged !unsafe); then the operator's -e, as Ansible takes them
     # (not env/extravars: ansible-runner would pass that one last, after the operator's)
@@ -427,6 +426,7 @@ def run_playbook(
     })
     result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds, error,
                        progress.results)
+    _prune(artifacts, keep=20)  # after the run, not before it: a refused run's seconds count (issue 11)
     if not quiet:
         summarize(console, result, progress)
     elif error:  # quiet hides progress, not why nothing (or not everything) was done

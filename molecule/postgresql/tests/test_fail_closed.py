@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,15 +97,9 @@ def test_invalid_firewall_config_at_boot_keeps_5432_closed(host: Any, broken_fir
     assert active_state(host, UNIT) != "active"
     assert open_ports(CLIENT_NS, ip) == [22]
     assert open_ports(None, ip) == [22]
-    # systemd's "Dependency failed" line can reach the journal a moment after the ports are scanned: read it for up
-    # to 30 s (one full run found it at once, the next saw "-- No entries --")
-    journal = ""
-    for _ in range(30):
-        journal = host.run("journalctl -b -u %s --no-pager", UNIT).stdout
-        if "dependency" in journal.lower():
-            break
-        time.sleep(1)
-    assert "Dependency failed" in journal or "dependency" in journal.lower(), journal[-2000:]
+    # (no check of systemd's "Dependency failed" journal line: at an early boot it can be written before journald
+    # reads its socket and is then lost; two CI runs saw "-- No entries --" after waiting 30 s. The unit's state, the
+    # scan and the Requires= check in test_postgresql_requires_the_firewall are the proof.)
 
     # opsbook status says why, and fails
     res = subprocess.run(
