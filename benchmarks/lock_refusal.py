@@ -145,18 +145,19 @@ def round_once(host: str, inv: Path, artifacts: dict[str, str], a: str, b: str) 
     return res | phases(newest_report(launched - 1), launched, ended)
 
 
-def measure(host: str, inv: Path, ip: str, rounds: int, under_load: bool, start: int) -> list[dict[str, Any]]:
+def measure(host: str, inv: Path, ip: str, rounds: int, under_load: bool, start: int,
+            nice: int = 0) -> list[dict[str, Any]]:
     artifacts = {v: build(v) for v in VERSIONS}
     out = []
     for n in range(rounds):
         a, b = VERSIONS[(start + n) % 2], VERSIONS[(start + n + 1) % 2]
         if under_load:
-            with load.Load(ip, f"{host}.opsbook.test") as wrk:
+            with load.Load(ip, f"{host}.opsbook.test", nice=nice) as wrk:
                 r = round_once(host, inv, artifacts, a, b)
             r |= {"requests": int(wrk.figures["requests"]), "failed": wrk.failed}
         else:
             r = round_once(host, inv, artifacts, a, b)
-        print(json.dumps({"load": under_load, **r}), flush=True)
+        print(json.dumps({"load": under_load, "wrk_nice": nice, **r}), flush=True)
         out.append(r)
     return out
 
@@ -168,6 +169,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true")
     p.add_argument("--no-load", action="store_true", help="idle rounds only")
     p.add_argument("--no-idle", action="store_true", help="rounds under load only")
+    p.add_argument("--wrk-nice", type=int, default=0, metavar="N",
+                   help="also run the rounds under load with wrk at nice N (a load generator that does not take "
+                        "this machine's cores from the controller and the web host, as on its own machine)")
     a = p.parse_args()
     inv, ip = setup(a.host)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -176,6 +180,9 @@ def main() -> int:
             results["idle"] = measure(a.host, inv, ip, a.rounds, False, 0)
         if not a.no_load:
             results["wrk -c32"] = measure(a.host, inv, ip, a.rounds, True, a.rounds)
+            if a.wrk_nice:
+                results[f"wrk -c32 at nice {a.wrk_nice}"] = measure(a.host, inv, ip, a.rounds, True, a.rounds,
+                                                                   a.wrk_nice)
     finally:
         if not a.keep:
             lab.down([a.host], progress=False)

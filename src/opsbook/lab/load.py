@@ -45,12 +45,13 @@ class Load:
     """`with Load(ip, name) as load: ...` runs wrk -c32 on https://NAME/ during the block; load.figures after."""
 
     def __init__(self, ip: str, name: str, path: str = "/", connections: int = 32, threads: int = 2,
-                 warmup: float = 2.0) -> None:
+                 warmup: float = 2.0, nice: int = 0) -> None:
         self.url = f"https://{name}{path}"
         self._hosts = Path(tempfile.mkstemp(prefix="opsbook-load-hosts.")[1])
         self._hosts.write_text(f"127.0.0.1 localhost\n{ip} {name}\n")
         self._hosts.chmod(0o644)
-        self.cmd = ["unshare", "-m", "sh", "-c",
+        # nice > 0: wrk yields the cores to everything else here, as a load generator on its own machine would
+        self.cmd = [*(["nice", "-n", str(nice)] if nice else []), "unshare", "-m", "sh", "-c",
                     f"mount --bind {self._hosts} /etc/hosts && exec wrk -t{threads} -c{connections} -d3600s "
                     f"--timeout 10s --latency {self.url}"]
         self.warmup = warmup
