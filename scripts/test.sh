@@ -23,6 +23,11 @@ ruff check src tests benchmarks molecule examples roles/app/files/opsbook-app ro
     roles/common/files/opsbook-lock plugins
 step "lint: mypy"
 mypy
+# the on-host tools (Python scripts without .py; Debian 12's python3, standard library only), strict as the package;
+# --scripts-are-modules: each is checked as its own module, named after its file, instead of all as __main__
+mypy --scripts-are-modules roles/app/files/opsbook-app roles/app/files/opsbook-app-build \
+    roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store \
+    roles/common/files/opsbook-lock
 mypy plugins/filter  # opsbook's own Jinja filters (strict, as the package)
 step "unit tests"
 pytest -q tests/unit
