@@ -121,3 +121,16 @@ def test_an_unchanged_inventory_is_checked_once_and_a_changed_one_again(
     (inv / "hosts.yml").write_text("all:\n  hosts: [unclosed\n")
     with pytest.raises(runner.UsageError, match="does not parse"):
         runner.check_inventory(str(inv))
+
+
+def test_artifact_prune_waits_for_slack_then_keeps_the_newest(tmp_path: Path) -> None:
+    """Runs pay for the removal of old artifact directories once in SLACK runs, and the newest KEEP always stay."""
+    names = [f"20261130T1200{n:02d}.000000Z" for n in range(35)]
+    for name in names[:30]:
+        (tmp_path / name / "job_events").mkdir(parents=True)
+    runner._prune(tmp_path, keep=20, slack=10)
+    assert len(list(tmp_path.iterdir())) == 30  # 30 <= 20 + 10: nothing removed
+    for name in names[30:]:
+        (tmp_path / name / "job_events").mkdir(parents=True)
+    runner._prune(tmp_path, keep=20, slack=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == names[-20:]
