@@ -17,17 +17,17 @@ step "lint: yamllint"
 yamllint --strict .
 step "lint: ansible-lint (production profile)"
 ansible-lint --profile production -q
+# the on-host tools: Python scripts without .py that the roles install (Debian 12's python3, standard library only)
+tools=(roles/app/files/opsbook-app roles/app/files/opsbook-app-build
+       roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store
+       roles/common/files/opsbook-lock)
 step "lint: ruff"
-ruff check src tests benchmarks molecule examples roles/app/files/opsbook-app roles/app/files/opsbook-app-build \
-    roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store \
-    roles/common/files/opsbook-lock plugins
+ruff check src tests benchmarks molecule examples "${tools[@]}" plugins
 step "lint: mypy"
 mypy
-# the on-host tools (Python scripts without .py; Debian 12's python3, standard library only), strict as the package;
-# --scripts-are-modules: each is checked as its own module, named after its file, instead of all as __main__
-mypy --scripts-are-modules roles/app/files/opsbook-app roles/app/files/opsbook-app-build \
-    roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store \
-    roles/common/files/opsbook-lock
+# the on-host tools, strict as the package; --scripts-are-modules: each is checked as its own module, named after
+# its file, instead of all as __main__
+mypy --scripts-are-modules "${tools[@]}"
 mypy plugins/filter  # opsbook's own Jinja filters (strict, as the package)
 step "unit tests"
 pytest -q tests/unit

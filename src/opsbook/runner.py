@@ -426,7 +426,7 @@ def run_playbook(
     })
     result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds, error,
                        progress.results)
-    _prune(artifacts, keep=20)  # after the run, not before it: a refused run's seconds count (issue 11)
+    _prune(artifacts, keep=20)  # after the report: a prune that fails or takes long never costs a run its report
     if not quiet:
         summarize(console, result, progress)
     elif error:  # quiet hides progress, not why nothing (or not everything) was done
