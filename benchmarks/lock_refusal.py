@@ -4,19 +4,23 @@
 A lab web host (default bench-lock) is provisioned and gets release 7.0.0. Then, ROUNDS times each idle and under
 wrk load (2 threads, 32 connections on https://HOST/ from this machine): deploy A (a new release) is started,
 and as soon as the host's operation lock names A, deploy B (another release) is started; B must be refused
-naming A's run. Printed per round: B's wall seconds from the command to its exit (the figure of acceptance 4:
-at most 5 s), and where they went, read from B's ansible-runner events: the CLI before Ansible (imports, the
-inventory check, runner setup), ansible-playbook's start-up to its first event, the tasks before the lock task,
-the lock task (and the lock command's own time on the host), the rest (recap, report). Both deploys use
-artifacts built beforehand, as `opsbook deploy path/app-V.tar.gz` does.
+naming A's run. B runs on the same controller as A (this controller's lock refuses it before Ansible starts) and,
+with a state directory of its own, as from another controller (the host's lock refuses it). Printed per round:
+B's wall seconds from the command to its exit (the figure of acceptance 4: at most 5 s), and where they went,
+read from B's ansible-runner events when it ran Ansible: the CLI before Ansible (imports, the inventory check,
+runner setup), ansible-playbook's start-up to its first event, the tasks before the lock task, the lock task (and
+the lock command's own time on the host), the rest (recap, report). Both deploys use artifacts built beforehand,
+as `opsbook deploy path/app-V.tar.gz` does.
 
 Run as root: .venv/bin/python benchmarks/lock_refusal.py [--host NAME] [--rounds N] [--keep] [--no-load]
+  [--controllers same,other]
 --keep leaves the host up (and its inventory in .opsbook/bench-lock/NAME) for another run, which reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -30,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from opsbook import lab, paths
+from opsbook import lab, paths, runner
 from opsbook.lab import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +42,11 @@ FAST = {"common_apt_upgrade": False, "common_aide_enabled": False}
 VERSIONS = ("7.0.1", "7.0.2")  # versions no test builds (the build directory is shared)
 
 
-def opsbook(*args: str) -> subprocess.Popen[str]:
+def opsbook(*args: str, state: Path | None = None) -> subprocess.Popen[str]:
+    """opsbook ARGS; STATE: another state directory, as the same command on another controller would have."""
     env = dict(os.environ, OPSBOOK_ROOT=str(ROOT), NO_COLOR="1", COLUMNS="200")
+    if state:
+        env["OPSBOOK_STATE"] = str(state)
     exe = str(Path(sys.executable).parent / "opsbook")
     return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=ROOT)
@@ -78,8 +85,8 @@ def setup(host: str) -> tuple[Path, str]:
     return inv, h.ip
 
 
-def newest_report(after: float) -> dict[str, Any]:
-    runs = [p for p in (paths.state_dir() / "runs").glob("*-deploy*.json") if p.stat().st_mtime >= after]
+def newest_report(after: float, state: Path | None = None) -> dict[str, Any]:
+    runs = [p for p in ((state or paths.state_dir()) / "runs").glob("*-deploy*.json") if p.stat().st_mtime >= after]
     for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True):
         data = json.loads(p.read_text())
         if any("is busy" in f["message"] for f in data.get("failures", [])):
@@ -88,7 +95,13 @@ def newest_report(after: float) -> dict[str, Any]:
 
 
 def phases(report: dict[str, Any], launched: float, ended: float) -> dict[str, float]:
-    """Where the refused run's seconds went (wall clock, from its events' timestamps)."""
+    """Where the refused run's seconds went (wall clock, from its events' timestamps). A refusal by this
+    controller's own lock ran no Ansible: all of it is the CLI's."""
+    if report.get("refused_by") == "controller lock":
+        total = round(ended - launched, 2)
+        return {"total": total, "cli_outside_ansible": total, "cli_before_ansible": total, "ansible_startup": 0,
+                "before_lock_task": 0, "lock_task": 0, "lock_on_host": -1, "after_lock_task": 0,
+                "refused_by": "controller lock"}
     at: dict[str, float] = {}
     for path in Path(report["artifacts"]).glob("**/job_events/*.json"):
         ev = json.loads(path.read_text())
@@ -113,6 +126,7 @@ def phases(report: dict[str, Any], launched: float, ended: float) -> dict[str, f
         "lock_task": round(at["locked"] - at["lock"], 2),
         "lock_on_host": round(at["on_host"], 2) if "on_host" in at else -1,
         "after_lock_task": round(ended - at["locked"], 2),
+        "refused_by": "host lock",
     }
 
 
@@ -123,7 +137,8 @@ def cli_before(report: dict[str, Any], launched: float) -> float:
     return started - launched
 
 
-def round_once(host: str, inv: Path, artifacts: dict[str, str], a: str, b: str) -> dict[str, Any]:
+def round_once(host: str, inv: Path, artifacts: dict[str, str], a: str, b: str,
+               state: Path | None = None) -> dict[str, Any]:
     launched_a = time.time()
     pa = opsbook("deploy", artifacts[a], "-i", str(inv), "--quiet")
     while f"deploy {a}" not in ssh(host, "/usr/local/sbin/opsbook-lock status"):
@@ -131,7 +146,7 @@ def round_once(host: str, inv: Path, artifacts: dict[str, str], a: str, b: str) 
             raise SystemExit(f"deploy {a} ended before taking the lock:\n{pa.communicate()[0][-3000:]}")
         time.sleep(0.2)
     launched = time.time()
-    pb = opsbook("deploy", artifacts[b], "-i", str(inv))  # not --quiet: it hides the refusal
+    pb = opsbook("deploy", artifacts[b], "-i", str(inv), state=state)  # not --quiet: it hides the refusal
     out_b = pb.communicate()[0]
     ended = time.time()
     out_a = pa.communicate()[0]
@@ -142,22 +157,22 @@ def round_once(host: str, inv: Path, artifacts: dict[str, str], a: str, b: str) 
     if pb.returncode != 2 or not named:
         res["output"] = {"a": out_a[-2000:], "b": out_b[-2000:]}
         return res
-    return res | phases(newest_report(launched - 1), launched, ended)
+    return res | phases(newest_report(launched - 1, state), launched, ended)
 
 
 def measure(host: str, inv: Path, ip: str, rounds: int, under_load: bool, start: int,
-            nice: int = 0) -> list[dict[str, Any]]:
+            nice: int = 0, state: Path | None = None) -> list[dict[str, Any]]:
     artifacts = {v: build(v) for v in VERSIONS}
     out = []
     for n in range(rounds):
         a, b = VERSIONS[(start + n) % 2], VERSIONS[(start + n + 1) % 2]
         if under_load:
             with load.Load(ip, f"{host}.opsbook.test", nice=nice) as wrk:
-                r = round_once(host, inv, artifacts, a, b)
+                r = round_once(host, inv, artifacts, a, b, state)
             r |= {"requests": int(wrk.figures["requests"]), "failed": wrk.failed}
         else:
-            r = round_once(host, inv, artifacts, a, b)
-        print(json.dumps({"load": under_load, "wrk_nice": nice, **r}), flush=True)
+            r = round_once(host, inv, artifacts, a, b, state)
+        print(json.dumps({"load": under_load, "wrk_nice": nice, "other_controller": bool(state), **r}), flush=True)
         out.append(r)
     return out
 
@@ -172,30 +187,41 @@ def main() -> int:
     p.add_argument("--wrk-nice", type=int, default=0, metavar="N",
                    help="also run the rounds under load with wrk at nice N (a load generator that does not take "
                         "this machine's cores from the controller and the web host, as on its own machine)")
+    p.add_argument("--controllers", default="same,other", metavar="same,other",
+                   help="where deploy B runs: `same` as A (this controller's lock refuses it before Ansible starts), "
+                        "`other`: with a state directory of its own, as from another controller (the host's lock "
+                        "refuses it); default both")
     a = p.parse_args()
     inv, ip = setup(a.host)
     results: dict[str, list[dict[str, Any]]] = {}
+    other = inv / "other-controller-state"
+    other.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):  # a controller that has run before has checked this inventory already
+        shutil.copy(paths.state_dir() / runner.CHECKED_INVENTORIES, other / runner.CHECKED_INVENTORIES)
     try:
-        if not a.no_idle:
-            results["idle"] = measure(a.host, inv, ip, a.rounds, False, 0)
-        if not a.no_load:
-            results["wrk -c32"] = measure(a.host, inv, ip, a.rounds, True, a.rounds)
-            if a.wrk_nice:
-                results[f"wrk -c32 at nice {a.wrk_nice}"] = measure(a.host, inv, ip, a.rounds, True, a.rounds,
-                                                                   a.wrk_nice)
+        for where in a.controllers.split(","):
+            state = other if where == "other" else None
+            tag = f"B from {'another' if state else 'the same'} controller"
+            if not a.no_idle:
+                results[f"{tag}, idle"] = measure(a.host, inv, ip, a.rounds, False, 0, state=state)
+            if not a.no_load:
+                results[f"{tag}, wrk -c32"] = measure(a.host, inv, ip, a.rounds, True, a.rounds, state=state)
+                if a.wrk_nice:
+                    results[f"{tag}, wrk -c32 nice {a.wrk_nice}"] = measure(a.host, inv, ip, a.rounds, True,
+                                                                            a.rounds, a.wrk_nice, state)
     finally:
         if not a.keep:
             lab.down([a.host], progress=False)
             shutil.rmtree(inv, ignore_errors=True)
     keys = ("total", "cli_outside_ansible", "cli_before_ansible", "ansible_startup", "before_lock_task", "lock_task",
             "lock_on_host", "after_lock_task")
-    print(f"{'refused deploy (median s)':<26}" + "".join(f"{k:>20}" for k in keys) + f"{'failed req':>11}")
+    print(f"{'refused deploy (median s)':<44}" + "".join(f"{k:>20}" for k in keys) + f"{'failed req':>11}")
     ok = True
     for name, rs in results.items():
         good = [r for r in rs if "total" in r]
         ok = ok and len(good) == len(rs) and all(r.get("failed", 0) == 0 and r["a_ok"] for r in rs)
         if good:
-            print(f"{name:<26}" + "".join(f"{statistics.median(r[k] for r in good):>20}" for k in keys)
+            print(f"{name:<44}" + "".join(f"{statistics.median(r[k] for r in good):>20}" for k in keys)
                   + f"{sum(r.get('failed', 0) for r in rs):>11}")
         worst = max((r["total"] for r in good), default=None)
         print(f"  {name}: {len(good)}/{len(rs)} rounds refused naming the holder; worst total {worst} s")

@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from opsbook import paths
+from opsbook import oplock, paths
 from opsbook.values import VAR_NAME
 
 FAILED_EVENTS = {"runner_on_failed"}
@@ -221,8 +221,8 @@ def _ansible_said(text: str, limit: int = 30) -> str:
     return "\n".join(lines[-limit:])
 
 
-def _list_hosts(inventory: Path, limit: str | None, root: Path) -> tuple[int, list[str], str]:
-    cmd = ["ansible", "all", "-i", str(inventory), "--list-hosts"] + (["--limit", limit] if limit else [])
+def _list_hosts(inventory: Path, limit: str | None, root: Path, pattern: str = "all") -> tuple[int, list[str], str]:
+    cmd = ["ansible", pattern, "-i", str(inventory), "--list-hosts"] + (["--limit", limit] if limit else [])
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env={**os.environ, **_ansible_env(root)},
                          check=False)
     hosts = [line.strip() for line in res.stdout.splitlines()[1:] if line.strip()] if res.returncode == 0 else []
@@ -233,12 +233,13 @@ CHECKED_INVENTORIES = "inventory-checks.json"
 CHECKED_INVENTORIES_KEEP = 32
 
 
-def _inventory_key(path: Path, limit: str | None, root: Path) -> str:
-    """What a check's answer depends on: every file of the inventory (name, size, mtime), the limit, ansible.cfg.
+def _inventory_key(path: Path, limit: str | None, root: Path, pattern: str = "all") -> str:
+    """What a check's answer depends on: every file of the inventory (name, size, mtime), the limit, the host
+    pattern, ansible.cfg.
 
     A changed, added or removed file gives a new key, so the inventory is checked again."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    parts = [str(path), limit or ""]
+    parts = [str(path), limit or "", pattern]
     for f in [*files, root / "ansible.cfg"]:
         with contextlib.suppress(OSError):
             st = f.stat()
@@ -273,12 +274,15 @@ def _remember_inventory(key: str, hosts: list[str]) -> None:
         os.replace(tmp, target)
 
 
-def check_inventory(inventory: str, limit: str | None = None, root: Path | None = None) -> tuple[Path, list[str]]:
-    """The inventory's absolute path and the hosts it (and the limit) selects, as Ansible itself parses them.
+def check_inventory(inventory: str, limit: str | None = None, root: Path | None = None,
+                    pattern: str = "all") -> tuple[Path, list[str]]:
+    """The inventory's absolute path and the hosts of PATTERN it (and the limit) selects, as Ansible parses them.
 
     Raises UsageError naming the path (or the limit) when it is missing, unreadable, does not parse or selects no
     host: ansible-runner would take a path it can't find for inventory text, and Ansible runs an inventory that
-    does not parse as an empty one; either way nothing would run and the run would say ok."""
+    does not parse as an empty one; either way nothing would run and the run would say ok. A PATTERN (a playbook's
+    hosts, such as web) that selects none of an inventory that passes gives no hosts: the run then says that no
+    host matched."""
     root = root or paths.project_root()
     path = Path(inventory).expanduser()
     if not path.exists():
@@ -286,14 +290,17 @@ def check_inventory(inventory: str, limit: str | None = None, root: Path | None 
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         raise UsageError(f"opsbook: inventory {inventory}: not readable")
     path = path.resolve()
-    key = _inventory_key(path, limit, root)
+    key = _inventory_key(path, limit, root, pattern)
     cached = _checked_inventories().get(key)
     if cached:
         return path, cached
-    rc, hosts, err = _list_hosts(path, limit, root)
+    rc, hosts, err = _list_hosts(path, limit, root, pattern)
     if rc == 0 and hosts:
         _remember_inventory(key, hosts)
         return path, hosts
+    if pattern != "all":
+        check_inventory(str(path), limit, root)
+        return path, []
     if limit:  # the same without the limit says whether the inventory or the limit selects nothing
         rc_all, all_hosts, err_all = _list_hosts(path, None, root)
         if rc_all == 0 and all_hosts:
@@ -335,14 +342,62 @@ def run_playbook(
     verb: str | None = None,
     quiet: bool = False,
     ansible: AnsibleOptions | None = None,
+    lock: tuple[str, str] | None = None,
 ) -> RunResult:
     """Run playbooks/PLAYBOOK (or an absolute playbook path) after checking the inventory and the limit.
 
     extravars are data: passed in a file tagged !unsafe, never templated. ANSIBLE are Ansible's own options, passed
-    as given after it (-e, --tags, --skip-tags, -v, --diff)."""
+    as given after it (-e, --tags, --skip-tags, -v, --diff). LOCK, (host pattern, operation): the playbook takes the
+    operation lock of those hosts; this controller's own lock on them is taken first (oplock.ControllerLocks), so
+    that a second run from here is refused before Ansible starts. Check mode takes no lock."""
     root = paths.project_root()
     ansible = ansible or AnsibleOptions()
-    inv, _ = check_inventory(inventory or str(root / "inventories" / "lab"), limit, root)
+    extravars = dict(extravars or {})
+    pattern = lock[0] if lock and not check else "all"
+    inv, targets = check_inventory(inventory or str(root / "inventories" / "lab"), limit, root, pattern=pattern)
+    if not lock or check:
+        return _run(playbook, inv, limit, check, diff, extravars, verb, quiet, ansible, root)
+    want = {"holder": extravars.get("common_lock_holder"), "run_id": extravars.get("common_lock_run_id"),
+            "operation": lock[1]}
+    wait = int(extravars.get("common_lock_wait") or 0)
+    held = oplock.ControllerLocks(paths.state_dir(), targets, want)
+    start = time.monotonic()
+    try:
+        waited = held.acquire(wait)
+    except oplock.Busy as busy:
+        return _refused(playbook, inv, limit, verb, quiet, busy, time.monotonic() - start)
+    try:
+        if wait:  # what is left of --wait is for the hosts' own locks
+            extravars["common_lock_wait"] = max(1, int(wait - waited))
+        return _run(playbook, inv, limit, check, diff, extravars, verb, quiet, ansible, root)
+    finally:
+        held.release()
+
+
+def _refused(playbook: str, inv: Path, limit: str | None, verb: str | None, quiet: bool, busy: oplock.Busy,
+             seconds: float) -> RunResult:
+    """A run this controller's lock refused: nothing ran; reported as the host's refusal is (exit 2)."""
+    msg = busy.message()
+    task = "Refuse - the host is busy (this controller's lock)"
+    tally = HostTally(failed=1, task=task, messages=[f"{task}: {msg}"])
+    failures = [{"host": busy.host, "task": task, "message": msg}]
+    report = write_report(verb or Path(playbook).name.removesuffix(".yml"), {
+        "playbook": playbook, "inventory": str(inv), "limit": limit, "check": False, "status": "refused", "rc": 2,
+        "seconds": round(seconds, 2), "hosts": {busy.host: vars(tally)}, "failures": failures, "error": "",
+        "artifacts": None, "results": {}, "refused_by": "controller lock",
+    })
+    result = RunResult(playbook, 2, "refused", {busy.host: tally}, report, seconds)
+    console = make_console(stderr=True)
+    console.print(Text.assemble(("FAILED", "red"), f" {busy.host} · {task}: {msg}"), highlight=False)
+    if not quiet:
+        word = "[red]refused[/]"
+        console.print(f"{escape(playbook)}: {word} in {seconds:.1f} s, nothing ran — report {escape(str(report))}",
+                      highlight=False)
+    return result
+
+
+def _run(playbook: str, inv: Path, limit: str | None, check: bool, diff: bool, extravars: dict[str, Any],
+         verb: str | None, quiet: bool, ansible: AnsibleOptions, root: Path) -> RunResult:
     cmdline: list[str] = []
     if check:
         cmdline.append("--check")
@@ -355,7 +410,7 @@ def run_playbook(
     # the CLI's own values first, as data (`-e @file`, tagged !unsafe); then the operator's -e, as Ansible takes them
     # (not env/extravars: ansible-runner would pass that one last, after the operator's)
     cli_vars = artifacts / run_id / "opsbook-extravars.yml"
-    write_extravars(cli_vars, extravars or {})
+    write_extravars(cli_vars, extravars)
     cmdline = ["-e", f"@{cli_vars}", *ansible.args(), *cmdline]
     stream = ansible.verbosity > 0 and not quiet  # Ansible's own output replaces the progress table
     console = make_console(stderr=True, quiet=quiet)

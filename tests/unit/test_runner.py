@@ -101,9 +101,9 @@ def test_an_unchanged_inventory_is_checked_once_and_a_changed_one_again(
     calls: list[str | None] = []
     real = runner._list_hosts
 
-    def counting(inventory: Path, limit: str | None, root: Path) -> tuple[int, list[str], str]:
+    def counting(inventory: Path, limit: str | None, root: Path, pattern: str = "all") -> tuple[int, list[str], str]:
         calls.append(limit)
-        return real(inventory, limit, root)
+        return real(inventory, limit, root, pattern)
 
     monkeypatch.setattr(runner, "_list_hosts", counting)
     assert runner.check_inventory(str(inv))[1] == ["web1"]

@@ -59,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
         "opsbook_backup_yes_overwrite_live": bool(args.yes_overwrite_live),
         **lock_extravars(args),
     }
+    operation = f"restore {args.file}" if args.action == "restore" else f"backup {args.action}"
     result = runner.run_playbook("backup.yml", inventory=args.inventory, limit=args.limit, check=args.check,
                                  extravars=extravars, verb=f"backup-{args.action}", quiet=args.quiet,
-                                 ansible=options.ansible(args))
+                                 ansible=options.ansible(args),
+                                 lock=None if args.action == "list" else ("db", operation))
     for host, out in sorted(command_output(result.results).items()):
         print(f"== {host}")
         if out.strip():

@@ -142,7 +142,8 @@ def run_deploy(args: argparse.Namespace) -> int:
     extravars = {**target_vars(args.target, args.version, str(extra.get("app_name", "app"))),
                  "app_serial": args.serial, **lock_extravars(args)}
     result = runner.run_playbook("deploy.yml", inventory=args.inventory, limit=args.limit, check=args.check,
-                                 extravars=extravars, verb="deploy", quiet=args.quiet, ansible=options.ansible(args))
+                                 extravars=extravars, verb="deploy", quiet=args.quiet, ansible=options.ansible(args),
+                                 lock=("web", f"deploy {extravars['app_version']}"))
     print("\n".join(outcome_lines(result.results, "opsbook_deploy")))
     return runner.exit_code(result)
 
@@ -150,7 +151,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 def run_rollback(args: argparse.Namespace) -> int:
     extravars = {"app_rollback_to": args.to, "app_serial": args.serial, **lock_extravars(args)}
     result = runner.run_playbook("rollback.yml", inventory=args.inventory, limit=args.limit, check=args.check,
-                                 extravars=extravars, verb="rollback", quiet=args.quiet, ansible=options.ansible(args))
+                                 extravars=extravars, verb="rollback", quiet=args.quiet, ansible=options.ansible(args),
+                                 lock=("web", "rollback" + (f" to {args.to}" if args.to else "")))
     print("\n".join(outcome_lines(result.results, "opsbook_rollback")))
     return runner.exit_code(result)
 
