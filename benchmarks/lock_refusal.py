@@ -194,7 +194,7 @@ def main() -> int:
     a = p.parse_args()
     inv, ip = setup(a.host)
     results: dict[str, list[dict[str, Any]]] = {}
-    other = inv / "other-controller-state"
+    other = inv.parent / f"{a.host}-other-controller-state"  # never inside the inventory: Ansible would read it
     other.mkdir(exist_ok=True)
     with contextlib.suppress(OSError):  # a controller that has run before has checked this inventory already
         shutil.copy(paths.state_dir() / runner.CHECKED_INVENTORIES, other / runner.CHECKED_INVENTORIES)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,17 +263,28 @@ def _remember_inventory(key: str, hosts: list[str]) -> None:
     Only a skip of this pre-check: the run itself parses the inventory strictly (STRICT_INVENTORY_ENV) and a run
     that matched no host still fails (exit 2). It saves a whole `ansible --list-hosts` (2-8 s on a busy 2-core
     machine) before a deploy that a held lock should refuse at once."""
-    data = _checked_inventories()
-    data.pop(key, None)
-    data[key] = hosts
-    data = dict(list(data.items())[-CHECKED_INVENTORIES_KEEP:])
     target = paths.state_dir() / CHECKED_INVENTORIES
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), _flocked(target.with_name(f".{target.name}.lock")):
+        # read, add, replace under one lock: two runs remembering at once would otherwise drop one's answer
+        data = _checked_inventories()
+        data.pop(key, None)
+        data[key] = hosts
+        data = dict(list(data.items())[-CHECKED_INVENTORIES_KEEP:])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh)
         os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_inventory(inventory: str, limit: str | None = None, root: Path | None = None,
@@ -369,7 +382,8 @@ def run_playbook(
     try:
         if wait:  # what is left of --wait is for the hosts' own locks
             extravars["common_lock_wait"] = max(1, int(wait - waited))
-        return _run(playbook, inv, limit, check, diff, extravars, verb, quiet, ansible, root)
+        return _run(playbook, inv, limit, check, diff, extravars, verb, quiet, ansible, root,
+                    {"controller_locks": held.hosts, "controller_lock_waited": round(waited, 2)})
     finally:
         held.release()
 
@@ -397,7 +411,8 @@ def _refused(playbook: str, inv: Path, limit: str | None, verb: str | None, quie
 
 
 def _run(playbook: str, inv: Path, limit: str | None, check: bool, diff: bool, extravars: dict[str, Any],
-         verb: str | None, quiet: bool, ansible: AnsibleOptions, root: Path) -> RunResult:
+         verb: str | None, quiet: bool, ansible: AnsibleOptions, root: Path,
+         reported: dict[str, Any] | None = None) -> RunResult:
     cmdline: list[str] = []
     if check:
         cmdline.append("--check")
@@ -478,6 +493,7 @@ def _run(playbook: str, inv: Path, limit: str | None, check: bool, diff: bool, e
         "error": error,
         "artifacts": str(artifacts / run_id),
         "results": progress.results,
+        **(reported or {}),
     })
     result = RunResult(playbook, int(r.rc or 0), str(r.status), dict(progress.hosts), report, seconds, error,
                        progress.results)

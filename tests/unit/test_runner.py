@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,15 @@ def test_artifact_prune_waits_for_slack_then_keeps_the_newest(tmp_path: Path) ->
         (tmp_path / name / "job_events").mkdir(parents=True)
     runner._prune(tmp_path, keep=20, slack=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == names[-20:]
+
+
+def test_two_runs_remembering_inventories_at_once_lose_neither(tmp_path: Path) -> None:
+    """The answers are read, added to and replaced under a lock: without it, a run's answer written between another
+    run's read and replace was dropped, and its next command parsed the inventory again (and took no lock faster)."""
+    code = ("import sys\nfrom opsbook import runner\n"
+            "for i in range(7):\n    runner._remember_inventory(f'{sys.argv[1]}{i}', ['web1'])\n")
+    env = {**os.environ, "OPSBOOK_STATE": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, tag], env=env) for tag in ("a", "b", "c", "d")]
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    kept = json.loads((tmp_path / runner.CHECKED_INVENTORIES).read_text())
+    assert sorted(kept) == sorted(f"{t}{i}" for t in "abcd" for i in range(7))  # 28 of at most 32: none lost
