@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from opsbook import lab
-from tests.e2e.conftest import FAST, ROOT, LabEnv, boot, make_inventory, outcome
+from tests.e2e.conftest import FAST, ROOT, LabEnv, boot, last_report, make_inventory, outcome
 from tests.e2e.test_deploy import Load, served, served_version
 
 NAME = "node-web1"
@@ -66,7 +67,9 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     native addon built for the controller's Node."""
     base = tmp_path_factory.mktemp("node-releases")
     out = {}
-    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"):
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"):
+        # built afresh (npm ci) by this run: versions are immutable, so an artifact of an earlier run would be reused
+        (ROOT / ".opsbook" / "build" / f"app-{version}.tar.gz").unlink(missing_ok=True)
         src = base / version
         shutil.copytree(ROOT / "examples" / "node-app", src, ignore=shutil.ignore_patterns("node_modules"))
         if version == "3.0.0":  # the controller's Node 20 builds it; Debian 12's Node 18 does not satisfy it
@@ -80,7 +83,7 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> tuple[object, float]:
+def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     res = env.opsbook("deploy", str(src), "--version", version, "--limit", NAME, *extra)
     return res, time.monotonic() - started
@@ -88,7 +91,7 @@ def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> tuple[object, f
 
 def test_first_node_deploy_serves_v1(node_lab: LabEnv, releases: dict[str, Path]) -> None:
     res, took = deploy(node_lab, releases["1.0.0"], "1.0.0")
-    assert res.returncode == 0, outcome(res)  # type: ignore[attr-defined]
+    assert res.returncode == 0, outcome(res)
     print(f"first deploy 1.0.0: {took:.1f} s")
     assert served_version(node_lab, NAME) == "1.0.0"
     # node runs the entry point itself, APP_VERSION in its environment, its socket reachable by nginx (www-data)
@@ -105,13 +108,28 @@ def test_first_node_deploy_serves_v1(node_lab: LabEnv, releases: dict[str, Path]
 def test_node_deploy_v2_under_load_fails_no_request(node_lab: LabEnv, releases: dict[str, Path]) -> None:
     with Load(node_lab, NAME) as load:
         res, took = deploy(node_lab, releases["2.0.0"], "2.0.0")
-    assert res.returncode == 0, outcome(res)  # type: ignore[attr-defined]
+    assert res.returncode == 0, outcome(res)
     print(f"deploy 2.0.0 under load: {took:.1f} s, {load.figures}")
     load.assert_no_failed_request()
     assert served_version(node_lab, NAME) == "2.0.0"
     units = node_lab.ssh(NAME, "systemctl is-active app@blue app@green; systemctl is-enabled app@green",
                          check=False).stdout.split()
     assert units == ["inactive", "active", "enabled"], units
+
+
+def test_redeploying_the_live_node_version_changes_nothing(node_lab: LabEnv) -> None:
+    res = node_lab.opsbook("deploy", "2.0.0", "--limit", NAME)
+    assert res.returncode == 0, outcome(res)
+    host = last_report("deploy", NAME)["hosts"][NAME]  # type: ignore[index]
+    assert host["changed"] == 0, host
+
+
+def test_a_node_deploy_in_check_mode_changes_nothing(node_lab: LabEnv, releases: dict[str, Path]) -> None:
+    res, _ = deploy(node_lab, releases["5.0.0"], "5.0.0", "--check")
+    assert res.returncode == 0, outcome(res)
+    assert f"{NAME}: would go from 2.0.0 to 5.0.0 (check mode)" in res.stdout, outcome(res)
+    assert served_version(node_lab, NAME) == "2.0.0"
+    assert node_lab.ssh(NAME, "ls /srv/app/releases").stdout.split() == ["1.0.0", "2.0.0"]
 
 
 @pytest.mark.parametrize(("version", "why"), [
@@ -123,13 +141,13 @@ def test_a_release_the_hosts_node_cannot_run_is_refused_before_cutover_under_loa
         node_lab: LabEnv, releases: dict[str, Path], version: str, why: str) -> None:
     with Load(node_lab, NAME) as load:
         res, took = deploy(node_lab, releases[version], version)
-    out = res.stdout + res.stderr  # type: ignore[attr-defined]
+    out = res.stdout + res.stderr
     print(f"refused {version} under load: {took:.1f} s, {load.figures}")
-    assert res.returncode == 2, outcome(res)  # type: ignore[attr-defined]
+    assert res.returncode == 2, outcome(res)
     flat = " ".join(out.split())
-    assert f"app {version} REFUSED on {NAME} before any cutover" in flat, outcome(res)  # type: ignore[attr-defined]
-    assert re.search(why, flat), outcome(res)  # type: ignore[attr-defined]
-    assert "still serving: 2.0.0" in flat, outcome(res)  # type: ignore[attr-defined]
+    assert f"app {version} REFUSED on {NAME} before any cutover" in flat, outcome(res)
+    assert re.search(why, flat), outcome(res)
+    assert "still serving: 2.0.0" in flat, outcome(res)
     load.assert_no_failed_request()
     assert served_version(node_lab, NAME) == "2.0.0"
     left = node_lab.ssh(NAME, f"test -e /srv/app/releases/{version} && echo left || echo gone").stdout.strip()

@@ -4,8 +4,12 @@ npm's range syntax for engines.node."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import pytest
 
 from tests.unit.test_app_tool import builder, tool
 
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "node-build"
 needs_npm = pytest.mark.skipif(shutil.which("npm") is None or shutil.which("node") is None,
                                reason="needs node and npm on the controller")
@@ -65,7 +70,7 @@ def test_a_project_without_a_lockfile_is_refused(tmp_path: Path) -> None:
 
 def test_the_kind_is_read_from_the_project(tmp_path: Path) -> None:
     assert builder.detect_kind(FIXTURE) == "node"
-    assert builder.detect_kind(Path(__file__).resolve().parents[2] / "examples" / "app") == "wsgi"
+    assert builder.detect_kind(ROOT / "examples" / "app") == "wsgi"
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,6 @@ def test_build_runs_npm_ci_the_build_script_and_prunes_dev_dependencies(built: d
     assert env == "APP_VERSION=4.2.0\n" and package["version"] == "4.2.0"
     assert owners == {(0, 0)}
     lock = (FIXTURE / "package-lock.json").read_bytes()
-    import hashlib
-
     assert manifest["lockfile_sha256"] == hashlib.sha256(lock).hexdigest()
     assert manifest["engines"] == {"node": ">=18"} and manifest["native_addons"] == []
     assert manifest["built_with"]["node"].startswith("v") and manifest["built_with"]["modules"].isdigit()
@@ -150,3 +153,45 @@ def test_node_check_refuses_engines_a_missing_entry_a_changed_file_and_an_addon_
     assert "native addon node_modules/ms/build/Release/ms.node does not load" in text and "ABI" in text, text
     assert "files differ from the artifact's SHA256SUMS: node_modules/ms/index.js" in text, text
     assert tool.main(["node-check", "--release", str(release), "--entry", "index.js", "--node", node]) == 1
+
+
+VALIDATE = """
+- name: The app role's checks, as deploy's first play runs them
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The app role's checks
+      ansible.builtin.include_role:
+        name: app
+        tasks_from: validate
+"""
+
+
+def validate(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    play = tmp_path / "play.yml"
+    play.write_text(VALIDATE)
+    (tmp_path / "vars.json").write_text(json.dumps({"app_version": "1.0.0", "app_nginx": False, **extra}))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{tmp_path / 'vars.json'}", str(play)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("extra", [{}, {"app_kind": "node", "app_node_entry": "dist/main.js"}])
+def test_the_kinds_settings_pass(tmp_path: Path, extra: dict[str, object]) -> None:
+    res = validate(tmp_path, extra)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ({"app_kind": "java"}, 'app_kind must be wsgi or node (got "java")'),
+    ({"app_kind": "node", "app_node_entry": "../../etc/passwd"}, 'app_node_entry must be a path inside the release'),
+    ({"app_kind": "node", "app_node_entry": "/srv/x.js"}, 'got "/srv/x.js"'),
+    ({"app_kind": "node", "app_node_port_env": "PORT-1"}, 'got "PORT-1"'),
+])
+def test_bad_kind_settings_are_refused_naming_them(tmp_path: Path, extra: dict[str, object], named: str) -> None:
+    res = validate(tmp_path, extra)
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 2 and named in out, out[-3000:]
