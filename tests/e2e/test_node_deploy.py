@@ -67,7 +67,7 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     native addon built for the controller's Node."""
     base = tmp_path_factory.mktemp("node-releases")
     out = {}
-    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0"):
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0", "6.0.0", "7.0.0"):
         # built afresh (npm ci) by this run: versions are immutable, so an artifact of an earlier run would be reused
         (ROOT / ".opsbook" / "build" / f"app-{version}.tar.gz").unlink(missing_ok=True)
         src = base / version
@@ -79,6 +79,14 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         if version == "4.0.0":  # npm ci compiles it (node-gyp) for the controller's Node ABI
             (src / "binding.gyp").write_text(ADDON_GYP)
             (src / "hello.cc").write_text(ADDON_CC)
+        server = src / "server.js"
+        if version == "6.0.0":  # a release that throws at start
+            server.write_text(server.read_text().replace('const server = http.createServer(',
+                                                         'throw new Error("no such config: boom");\n'
+                                                         'const server = http.createServer(', 1))
+        if version == "7.0.0":  # a release that starts but whose health check answers 500
+            server.write_text(server.read_text().replace('return answer(res, 200, JSON.stringify(result)',
+                                                         'return answer(res, 500, JSON.stringify(result)', 1))
         out[version] = src
     return out
 
@@ -154,6 +162,27 @@ def test_a_release_the_hosts_node_cannot_run_is_refused_before_cutover_under_loa
     assert left == "gone"
     units = node_lab.ssh(NAME, "systemctl is-active app@blue app@green", check=False).stdout.split()
     assert units == ["inactive", "active"], units  # the idle colour was never started
+
+
+@pytest.mark.parametrize(("version", "check", "why"), [
+    ("6.0.0", "Health gate", r"Error: no such config: boom"),
+    ("7.0.0", "Health gate", r"answered 500"),
+])
+def test_a_node_release_the_gate_refuses_is_refused_under_load(node_lab: LabEnv, releases: dict[str, Path],
+                                                                version: str, check: str, why: str) -> None:
+    with Load(node_lab, NAME) as load:
+        res, took = deploy(node_lab, releases[version], version, "-e", "app_health_timeout=15")
+    print(f"refused {version} under load: {took:.1f} s, {load.figures}")
+    flat = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode == 2, outcome(res)
+    assert f"app {version} REFUSED on {NAME} at" in flat and check in flat, outcome(res)
+    assert re.search(why, flat), outcome(res)
+    assert "still serving: 2.0.0" in flat, outcome(res)
+    load.assert_no_failed_request()
+    assert served_version(node_lab, NAME) == "2.0.0"
+    units = node_lab.ssh(NAME, "systemctl is-active app@blue app@green", check=False).stdout.split()
+    # the refused colour was stopped ("failed" once its start limit was hit: a release that throws at start)
+    assert units[0] in ("inactive", "failed") and units[1] == "active", units
 
 
 def test_node_rollback_to_previous_and_to_a_named_release_under_load(node_lab: LabEnv) -> None:
