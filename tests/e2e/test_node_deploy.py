@@ -68,8 +68,6 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("node-releases")
     out = {}
     for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0", "6.0.0", "7.0.0"):
-        # built afresh (npm ci) by this run: versions are immutable, so an artifact of an earlier run would be reused
-        (ROOT / ".opsbook" / "build" / f"app-{version}.tar.gz").unlink(missing_ok=True)
         src = base / version
         shutil.copytree(ROOT / "examples" / "node-app", src, ignore=shutil.ignore_patterns("node_modules"))
         if version == "3.0.0":  # the controller's Node 20 builds it; Debian 12's Node 18 does not satisfy it
@@ -91,9 +89,17 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def build_dir(env: LabEnv) -> str:
+    """This run's own artifact directory, beside its inventory: the node app's app-1.0.0 ... app-7.0.0 never meet
+    the shared .opsbook/build, where test_deploy (run in parallel, pytest -n 2) builds the WSGI app under the same
+    names, nor an earlier run's artifacts (versions are immutable: an existing one would be reused, not built)."""
+    return str(env.inventory.parent / "build")
+
+
 def deploy(env: LabEnv, src: Path, version: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    res = env.opsbook("deploy", str(src), "--version", version, "--limit", NAME, *extra)
+    res = env.opsbook("deploy", str(src), "--version", version, "--limit", NAME,
+                      "-e", f"app_artifact_dir={build_dir(env)}", *extra)
     return res, time.monotonic() - started
 
 
@@ -126,7 +132,7 @@ def test_node_deploy_v2_under_load_fails_no_request(node_lab: LabEnv, releases: 
 
 
 def test_redeploying_the_live_node_version_changes_nothing(node_lab: LabEnv) -> None:
-    res = node_lab.opsbook("deploy", "2.0.0", "--limit", NAME)
+    res = node_lab.opsbook("deploy", "2.0.0", "--limit", NAME, "-e", f"app_artifact_dir={build_dir(node_lab)}")
     assert res.returncode == 0, outcome(res)
     host = last_report("deploy", NAME)["hosts"][NAME]  # type: ignore[index]
     assert host["changed"] == 0, host
