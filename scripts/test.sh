@@ -41,7 +41,7 @@ cleanup() {
     opsbook lab down >/dev/null 2>&1 || true
   else
     mapfile -t mine < <(opsbook lab status --json 2>/dev/null | python3 -c \
-      'import json,sys; print("\n".join(h["name"] for h in json.load(sys.stdin)["hosts"] if h["name"].startswith(("e2e-", "lc1", "lc2", "lc3", "pa-", "dr-"))))' || true)
+      'import json,sys; print("\n".join(h["name"] for h in json.load(sys.stdin)["hosts"] if h["name"].startswith(("e2e-", "node-", "lc1", "lc2", "lc3", "pa-", "dr-"))))' || true)
     [ ${#mine[@]} -gt 0 ] && [ -n "${mine[0]}" ] && opsbook lab down "${mine[@]}" >/dev/null 2>&1 || true
   fi
 }

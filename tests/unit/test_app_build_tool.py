@@ -85,7 +85,7 @@ def test_the_artifact_pins_and_hashes_every_wheel_and_the_source_keeps_its_versi
     out = tmp_path / "out"
     got = result(build(src, out, "--version", "v2.0.0"))
     artifact = out / "y-2.0.0.tar.gz"
-    assert got == {"artifact": str(artifact), "name": "y", "package": "pkg_y", "version": "2.0.0",
+    assert got == {"artifact": str(artifact), "name": "y", "kind": "wsgi", "package": "pkg_y", "version": "2.0.0",
                    "sha256": sha256(artifact), "reused": False}  # one JSON line, without the wheel list
     with tarfile.open(artifact) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -145,8 +145,8 @@ def test_an_existing_artifact_of_the_version_is_reused_without_building(tmp_path
         tar.addfile(info, io.BytesIO(data))
     digest = sha256(artifact)
     got = result(build(src, out, "--version", "V1.2.0"))  # v/V prefixes name the same version
-    assert got == {"artifact": str(artifact), "name": "y", "package": "pkg_y", "version": "1.2.0", "sha256": digest,
-                   "reused": True}
+    assert got == {"artifact": str(artifact), "name": "y", "kind": "wsgi", "package": "pkg_y", "version": "1.2.0",
+                   "sha256": digest, "reused": True}
     assert sha256(artifact) == digest
     res = build(src, out, "--version", "1.2.0", "--force")  # now it builds, and this source cannot be built
     assert res.returncode == 1 and "pip wheel failed" in res.stderr

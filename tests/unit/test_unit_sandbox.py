@@ -142,3 +142,62 @@ def test_transient_unit_sandbox_exposure(key: tuple[str, str, str], tmp_path: Pa
     score, warnings = exposure(unit)
     assert not re.search(r"Failed to parse|Unknown (key|lvalue)|ignoring", warnings), warnings
     assert score <= TRANSIENT[key], f"{key}: exposure {score} > {TRANSIENT[key]}\n{text}"
+
+
+def render_app(extra: dict[str, Any], template: str = "app@.service.j2") -> str:
+    role = ROLES / "app"
+    variables = trusted(_role_vars(role)) | PLAY_VARS | extra
+    return str(Templar(loader=DataLoader(), variables=variables).template(
+        trust_as_template((role / "templates" / template).read_text())))
+
+
+def test_app_node_unit(tmp_path: Path) -> None:
+    """Kind node: node runs the entry point (no npm), on the colour's socket path in PORT (or the app's variable),
+    a stale socket removed first, SIGTERM then the timeout, restarts on failure, APP_VERSION from the release, and
+    the app's sandbox without MemoryDenyWriteExecute (V8's JIT) - under the same ceiling as the WSGI unit."""
+    text = render_app({"app_kind": "node", "app_node_entry": "dist/main.js", "app_node_port_env": "SOCKET_PATH",
+                       "app_node_options": ["--max-old-space-size=256"]})
+    lines = text.splitlines()
+    assert "ExecStart=/usr/bin/node --max-old-space-size=256 dist/main.js" in lines, text
+    assert "Environment=APP_COLOUR=%i NODE_ENV=production SOCKET_PATH=/run/app/%i.sock" in lines, text
+    assert "ExecStartPre=/bin/rm -f /run/app/%i.sock" in lines, text
+    assert "EnvironmentFile=/srv/app/colours/%i/release.env" in lines, text
+    assert lines.index("EnvironmentFile=/srv/app/colours/%i/release.env") > lines.index(
+        "EnvironmentFile=/etc/app/app.env")
+    assert {"Type=exec", "KillSignal=SIGTERM", "TimeoutStopSec=20", "Restart=on-failure",
+            "MemoryDenyWriteExecute=no"} <= set(lines), text
+    commands = [ln for ln in lines if ln.startswith("Exec")]
+    assert not any("npm" in c or "gunicorn" in c for c in commands), commands
+    unit = tmp_path / "app@blue.service"
+    unit.write_text(text)
+    score, warnings = exposure(unit)
+    assert not re.search(r"Failed to parse|Unknown (key|lvalue)|ignoring", warnings), warnings
+    print(f"app@ kind node: exposure {score}")
+    assert score <= THRESHOLDS["app@.service"], f"exposure {score}\n{text}"
+
+
+def test_app_wsgi_unit_is_unchanged_by_the_kinds() -> None:
+    """Kind wsgi (the default) renders as before the kinds: gunicorn, Type=notify, the MemoryDenyWriteExecute knob."""
+    text = render_app({})
+    assert "Type=notify" in text and "/venv/bin/gunicorn" in text and "MemoryDenyWriteExecute=yes" in text
+    assert "node" not in text.lower().replace("nodelay", "")
+    assert "d /run/app 0750 app www-data -" in render_app({}, "tmpfiles.conf.j2")
+    assert "d /run/app 2750 app www-data -" in render_app({"app_kind": "node"}, "tmpfiles.conf.j2")
+
+
+def test_app_node_release_check_is_sandboxed(tmp_path: Path) -> None:
+    """The node release check (it loads the release's native addons: the app's own code) runs as the app user,
+    offline, in the app's sandbox."""
+    role = ROLES / "app"
+    variables = trusted(_role_vars(role)) | PLAY_VARS | {"app_kind": "node", "__app_target": "2.0.0"}
+    argv = Templar(loader=DataLoader(), variables=variables).template(trusted("{{ __app_node_check_argv }}"))
+    assert argv[0] == "systemd-run" and argv[-8:] == [
+        "/usr/bin/python3", "/usr/local/sbin/opsbook-app", "node-check", "--release", "/srv/app/releases/2.0.0",
+        "--entry", "index.js", "--node", "/usr/bin/node"][-8:], argv
+    props = [a.removeprefix("--property=") for a in argv if str(a).startswith("--property=")]
+    assert {"User=app", "PrivateNetwork=yes", "MemoryDenyWriteExecute=no"} <= set(props), props
+    unit = tmp_path / "app-check-2-0-0.service"
+    unit.write_text("\n".join(["[Service]", "Type=exec", "ExecStart=/bin/sh -c true", *props, ""]))
+    score, warnings = exposure(unit)
+    assert not re.search(r"Failed to parse|Unknown (key|lvalue)|ignoring", warnings), warnings
+    assert score <= 2.0, score

@@ -32,7 +32,8 @@ def register(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         epilog=(
             "TARGET is one of:\n"
             "  2.0.0                    a version: built from the inventory's app_source_dir unless already built\n"
-            "  path/to/app/             an app's source (a Python project); --version sets its VERSION file\n"
+            "  path/to/app/             an app's source (a Python project; kind node: a Node.js project with its\n"
+            "                           lockfile); --version sets its VERSION file (or package.json's version)\n"
             "  path/to/app-2.0.0.tar.gz an artifact made by roles/app/files/opsbook-app-build\n"
             "\nexamples:\n"
             "  opsbook deploy 2.0.0\n"
