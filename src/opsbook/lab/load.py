@@ -29,10 +29,15 @@ def parse_wrk(out: str) -> dict[str, float]:
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         return round(float(m.group(1)) * SCALE_MS[m.group(2)], 3) if m else 0.0
 
+    def duration() -> float:  # wrk prints "requests in 12.34s", "in 3.31m" or "in 1.02h"
+        m = re.search(r"requests in ([\d.]+)(us|ms|s|m|h)\b", out)
+        scale = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+        return round(float(m.group(1)) * scale[m.group(2)], 3) if m else 0.0
+
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "requests": num(r"(\d+) requests in"),
-        "seconds": num(r"requests in ([\d.]+)s"),
+        "seconds": duration(),
         "rps": num(r"Requests/sec:\s+([\d.]+)"),
         "non2xx": num(r"Non-2xx or 3xx responses: (\d+)"),
         "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
