@@ -381,7 +381,7 @@ def run_playbook(
         return _refused(playbook, inv, limit, verb, quiet, busy, time.monotonic() - start)
     try:
         if wait:  # what is left of --wait is for the hosts' own locks
-            extravars["common_lock_wait"] = max(1, int(wait - waited))
+            extravars["common_lock_wait"] = max(1, round(wait - waited))
         return _run(playbook, inv, limit, check, diff, extravars, verb, quiet, ansible, root,
                     {"controller_locks": held.hosts, "controller_lock_waited": round(waited, 2)})
     finally:

@@ -153,3 +153,33 @@ def test_other_hosts_and_check_mode_go_on_to_ansible(
     (inventory / "hosts.yml").write_text("all:\n  children:\n    web:\n      hosts:\n        web3:\n")
     with pytest.raises(RanAnsible):
         cli.main(["rollback", "-i", str(inventory)])
+
+
+def passed_wait(**kwargs: object) -> None:
+    """A stand-in for ansible-runner that raises with the common_lock_wait the run would have passed on."""
+    import shlex
+
+    import yaml
+
+    words = shlex.split(str(kwargs["cmdline"]))
+    extravars = Path(words[words.index("-e") + 1].removeprefix("@"))
+    raise RanAnsible(yaml.safe_load(extravars.read_text().replace("--- !unsafe", "---"))["common_lock_wait"])
+
+
+def test_wait_is_passed_on_whole_when_nothing_was_waited_for(
+        inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner.ansible_runner, "run", passed_wait)
+    with pytest.raises(RanAnsible) as ran:
+        cli.main(["deploy", "3.0.0", "-i", str(inventory), "--wait", "120"])
+    assert ran.value.args[0] == 120  # the hosts wait the whole 120 s (an e2e test looks for `--wait 120` on the host)
+
+
+def test_wait_spent_here_is_taken_off_the_hosts_wait(
+        inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner.ansible_runner, "run", passed_wait)
+    runner.check_inventory(str(inventory), pattern="web")  # checked beforehand: the run is at the lock at once
+    proc = hold(tmp_path / "state", 8, "web1")
+    with pytest.raises(RanAnsible) as ran:
+        cli.main(["deploy", "3.0.0", "-i", str(inventory), "--wait", "120"])
+    proc.wait()
+    assert 60 <= ran.value.args[0] <= 118  # what is left of the 120 s after the wait here
