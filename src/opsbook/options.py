@@ -73,9 +73,6 @@ def user_extravars(items: list[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Check each -e VALUE as ansible-playbook will read it; return them as ansible-playbook's arguments (@FILE made
     absolute: the playbook runs from the project directory) and their merged values where the CLI can read them
     without Ansible (k=v and YAML; a vault-encrypted file is passed on unread). Nothing is templated here."""
-    # Ansible's own k=v parser (what -e k=v goes through); imported here: ansible is slow to import
-    from ansible.parsing.splitter import parse_kv  # type: ignore[import-untyped]
-
     passed: list[str] = []
     merged: dict[str, Any] = {}
     for item in items:
@@ -98,6 +95,10 @@ def user_extravars(items: list[str]) -> tuple[tuple[str, ...], dict[str, Any]]:
                 raise UsageError(f"opsbook: --extra-vars {item!r}: not YAML/JSON: {exc}") from None
             merged.update(_check_names(data, repr(item)))
         else:
+            # Ansible's own k=v parser (what -e k=v goes through); imported only for one: ansible takes 0.5-0.8 s
+            # to import, a cost a refused run (oplock.ControllerLocks) should not pay
+            from ansible.parsing.splitter import parse_kv  # type: ignore[import-untyped]
+
             try:
                 data = parse_kv(item)
             except Exception as exc:  # Ansible's parser raises its own error types (an unbalanced quote)
