@@ -48,7 +48,10 @@ def node_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
     settings = yaml.safe_load(web.read_text())
     settings.update({"app_kind": "node", "app_node_entry": "server.js",
                      "app_source_dir": str(ROOT / "examples" / "node-app"),
-                     "app_migrate_command": "", "app_secret_env": {}})  # no database in this test
+                     "app_migrate_command": "", "app_secret_env": {},  # no database in this test
+                     "app_memory_max": "384M", "app_limit_nofile": 16384,
+                     "app_env": {**(settings.get("app_env") or {}), "GREETING": "hello"},
+                     "app_required_env": ["GREETING"]})
     web.write_text(yaml.safe_dump(settings, sort_keys=False))
     try:
         env = LabEnv(hosts, inv)
@@ -117,6 +120,16 @@ def test_first_node_deploy_serves_v1(node_lab: LabEnv, releases: dict[str, Path]
     assert node_lab.ssh(NAME, "stat -c '%G %A' /run/app/blue.sock").stdout.split() == ["www-data", "srwxrwx---"]
     node = node_lab.ssh(NAME, "node --version").stdout.strip()
     print(f"host node {node}")
+    # the limits: open files as the process has them; the memory ceiling as systemd and, where the lab's cgroup
+    # has the memory controller, the kernel have it
+    limits = node_lab.ssh(NAME, f"grep 'Max open files' /proc/{pid}/limits").stdout.split()
+    assert limits[3:5] == ["16384", "16384"], limits
+    assert node_lab.ssh(NAME, "systemctl show -p MemoryMax --value app@blue").stdout.strip() == str(384 * 2 ** 20)
+    cg = node_lab.ssh(NAME, "cat /sys/fs/cgroup/system.slice/app@blue.service/memory.max 2>/dev/null || true")
+    print(f"app@blue cgroup memory.max: {cg.stdout.strip() or 'no memory controller in this container'}")
+    if cg.stdout.strip():
+        assert cg.stdout.strip() == str(384 * 2 ** 20)
+    assert "GREETING=hello" in environ
 
 
 def test_node_deploy_v2_under_load_fails_no_request(node_lab: LabEnv, releases: dict[str, Path]) -> None:

@@ -179,7 +179,12 @@ def validate(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedPr
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("extra", [{}, {"app_kind": "node", "app_node_entry": "dist/main.js"}])
+@pytest.mark.parametrize("extra", [
+    {}, {"app_kind": "node", "app_node_entry": "dist/main.js"},
+    {"app_memory_max": "512M", "app_limit_nofile": 4096}, {"app_memory_max": "80%"},
+    {"app_required_env": ["DATABASE_URL", "WORKERS"], "app_env": {"WORKERS": 3},
+     "app_secret_env": {"DATABASE_URL": "postgres://app:s3cret@db1/app"}},
+])
 def test_the_kinds_settings_pass(tmp_path: Path, extra: dict[str, object]) -> None:
     res = validate(tmp_path, extra)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -190,8 +195,16 @@ def test_the_kinds_settings_pass(tmp_path: Path, extra: dict[str, object]) -> No
     ({"app_kind": "node", "app_node_entry": "../../etc/passwd"}, 'app_node_entry must be a path inside the release'),
     ({"app_kind": "node", "app_node_entry": "/srv/x.js"}, 'got "/srv/x.js"'),
     ({"app_kind": "node", "app_node_port_env": "PORT-1"}, 'got "PORT-1"'),
+    ({"app_memory_max": "lots"}, 'app_memory_max a size systemd takes for MemoryMax= (512M, 2G, 80%) or "" for no '
+                                 'limit (got "lots")'),
+    ({"app_memory_max": "0"}, 'got "0"'),
+    ({"app_limit_nofile": 100}, "app_limit_nofile must be a number of open files from 1024 to 1048576 (got 100)"),
+    ({"app_required_env": ["DATABASE_URL", "REDIS_URL", "SESSION_SECRET"],
+      "app_secret_env": {"DATABASE_URL": "", "SESSION_SECRET": "hunter2-not-shown"}},
+     "app_required_env names DATABASE_URL, REDIS_URL, not set (or empty) in app_env or app_secret_env"),
 ])
 def test_bad_kind_settings_are_refused_naming_them(tmp_path: Path, extra: dict[str, object], named: str) -> None:
     res = validate(tmp_path, extra)
     out = " ".join((res.stdout + res.stderr).split())
     assert res.returncode == 2 and named in out, out[-3000:]
+    assert "hunter2" not in out  # a secret's value is never shown, even beside a missing name

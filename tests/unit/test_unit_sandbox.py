@@ -156,8 +156,9 @@ def test_app_node_unit(tmp_path: Path) -> None:
     a stale socket removed first, SIGTERM then the timeout, restarts on failure, APP_VERSION from the release, and
     the app's sandbox without MemoryDenyWriteExecute (V8's JIT) - under the same ceiling as the WSGI unit."""
     text = render_app({"app_kind": "node", "app_node_entry": "dist/main.js", "app_node_port_env": "SOCKET_PATH",
-                       "app_node_options": ["--max-old-space-size=256"]})
+                       "app_node_options": ["--max-old-space-size=256"], "app_memory_max": "512M"})
     lines = text.splitlines()
+    assert {"MemoryMax=512M", "LimitNOFILE=65536"} <= set(lines), text
     assert "ExecStart=/usr/bin/node --max-old-space-size=256 dist/main.js" in lines, text
     assert "Environment=APP_COLOUR=%i NODE_ENV=production SOCKET_PATH=/run/app/%i.sock" in lines, text
     assert "ExecStartPre=/bin/rm -f /run/app/%i.sock" in lines, text
@@ -180,6 +181,8 @@ def test_app_wsgi_unit_is_unchanged_by_the_kinds() -> None:
     """Kind wsgi (the default) renders as before the kinds: gunicorn, Type=notify, the MemoryDenyWriteExecute knob."""
     text = render_app({})
     assert "Type=notify" in text and "/venv/bin/gunicorn" in text and "MemoryDenyWriteExecute=yes" in text
+    assert "LimitNOFILE=65536" in text.splitlines()
+    assert not [ln for ln in text.splitlines() if ln.startswith("MemoryMax")]  # no memory limit unless asked
     assert "node" not in text.lower().replace("nodelay", "")
     assert "d /run/app 0750 app www-data -" in render_app({}, "tmpfiles.conf.j2")
     assert "d /run/app 2750 app www-data -" in render_app({"app_kind": "node"}, "tmpfiles.conf.j2")
