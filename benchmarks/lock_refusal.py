@@ -154,8 +154,9 @@ def round_once(host: str, inv: Path, artifacts: dict[str, str], a: str, b: str,
     named = f"is busy: deploy {a} by" in flat
     res = {"a_ok": pa.returncode == 0, "a_seconds": round(time.time() - launched_a, 1),
            "b_exit": pb.returncode, "b_named_holder": named}
-    if pb.returncode != 2 or not named:
+    if pb.returncode != 2 or not named or pa.returncode != 0:
         res["output"] = {"a": out_a[-2000:], "b": out_b[-2000:]}
+    if pb.returncode != 2 or not named:
         return res
     return res | phases(newest_report(launched - 1, state), launched, ended)
 
