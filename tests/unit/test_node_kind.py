@@ -202,6 +202,9 @@ def test_the_kinds_settings_pass(tmp_path: Path, extra: dict[str, object]) -> No
     ({"app_required_env": ["DATABASE_URL", "REDIS_URL", "SESSION_SECRET"],
       "app_secret_env": {"DATABASE_URL": "", "SESSION_SECRET": "hunter2-not-shown"}},
      "app_required_env names DATABASE_URL, REDIS_URL, not set (or empty) in app_env or app_secret_env"),
+    # the env file takes app_secret_env's value over app_env's: an empty secret leaves the variable empty
+    ({"app_required_env": ["GREETING"], "app_env": {"GREETING": "hi"}, "app_secret_env": {"GREETING": ""}},
+     "app_required_env names GREETING, not set"),
 ])
 def test_bad_kind_settings_are_refused_naming_them(tmp_path: Path, extra: dict[str, object], named: str) -> None:
     res = validate(tmp_path, extra)
