@@ -41,4 +41,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# promtool and amtool (the fast tier's alert rule tests and config checks) from Debian's own packages, the
+# versions the monitoring hosts get; unpacked into .venv/bin, not installed: installing the packages would start
+# a Prometheus and an Alertmanager on this machine
+if [ ! -x .venv/bin/promtool ] || [ ! -x .venv/bin/amtool ]; then
+  echo "bootstrap: unpacking promtool and amtool from Debian's prometheus packages"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q prometheus prometheus-alertmanager >/dev/null 2>&1) || {
+    apt-get update -qq && (cd "$tmp" && apt-get download -q prometheus prometheus-alertmanager >/dev/null); }
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/root"; done
+  install -m 0755 "$tmp/root/usr/bin/promtool" "$tmp/root/usr/bin/amtool" .venv/bin/
+  rm -rf "$tmp"
+fi
 echo "bootstrap: ready (.venv/bin/opsbook)"

@@ -6,6 +6,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import tarfile
 import threading
 import time
@@ -249,3 +250,39 @@ def test_build_makes_an_offline_wheelhouse_of_the_requested_version(tmp_path: Pa
     assert again["reused"] and again["sha256"] == result["sha256"]
     with pytest.raises(SystemExit, match="not a Python project"):
         builder.build(tmp_path, out, "x", "1", False)
+
+
+# ---------------------------------------------------------------- deploy metrics (node exporter textfile)
+
+def test_deploy_metrics_follow_the_results_and_count_failures(tmp_path: Path) -> None:
+    """A good deploy, a refused one, then a good rollback: last result, last good time and live release follow each
+    run; the failure count carries on across runs (read back from the file); the file parses as Prometheus text."""
+    run = tmp_path / "run"
+    prom = tmp_path / "textfile" / "opsbook_app_shop.prom"
+    release(tmp_path, "1.0.0")
+    point(tmp_path, "blue", "1.0.0")
+    tool.switch(tmp_path, run, "blue", None, None, "shop")
+    tool.write_metrics(prom, tmp_path, "shop", "deploy", True, now=1000)
+    first = prom.read_text()
+    assert 'opsbook_deploy_last_run_success{app="shop"} 1' in first
+    assert 'opsbook_deploy_live_release_info{app="shop",release="1.0.0"} 1' in first
+    assert 'opsbook_deploy_last_success_timestamp_seconds{app="shop"} 1000' in first
+    assert 'opsbook_deploy_failed_runs_total{app="shop"} 0' in first
+
+    assert tool.main(["metrics", "--root", str(tmp_path), "--file", str(prom), "--name", "shop",
+                      "--operation", "deploy", "--result", "failed"]) == 0
+    refused = prom.read_text()
+    assert 'opsbook_deploy_last_run_success{app="shop"} 0' in refused
+    assert 'opsbook_deploy_last_success_timestamp_seconds{app="shop"} 1000' in refused  # the good one's time stays
+    assert 'opsbook_deploy_failed_runs_total{app="shop"} 1' in refused
+    assert 'opsbook_deploy_live_release_info{app="shop",release="1.0.0"} 1' in refused  # the old one still serves
+    assert 'operation="deploy"' in refused
+
+    tool.write_metrics(prom, tmp_path, "shop", "rollback", True, now=3000)
+    back = prom.read_text()
+    assert 'opsbook_deploy_last_run_success{app="shop"} 1' in back
+    assert 'opsbook_deploy_failed_runs_total{app="shop"} 1' in back
+    assert 'opsbook_deploy_last_run_timestamp_seconds{app="shop",operation="rollback"} 3000' in back
+    assert not list(prom.parent.glob(".*.tmp"))
+    for line in back.splitlines():  # exposition format: comments, or NAME{LABELS} VALUE
+        assert line.startswith("# ") or re.fullmatch(r'opsbook_deploy_[a-z_]+\{[^}]*\} -?\d+', line), line

@@ -184,6 +184,21 @@ def test_each_host_gets_what_its_own_roles_publish(tmp_path: Path) -> None:
     assert got["web-overridden"]["rules"] == OFFICE
 
 
+def test_with_a_monitoring_host_every_host_opens_its_exporter_to_it_alone(tmp_path: Path) -> None:
+    res = play(tmp_path, collect_play(), {
+        "web1": (("web",), {"ansible_host": "10.0.0.11"}),
+        "db1": (("db",), {"ansible_host": "10.0.0.21", "postgresql_app_hosts": ["10.0.0.11/32"]}),
+        "store1": (("backup_store",), {"ansible_host": "10.0.0.31"}),
+        "mon1": (("monitoring",), {"ansible_host": "10.0.0.51"}),
+    })
+    assert res.returncode == 0, res.stdout[-4000:]
+    got = results(res)
+    for host in ("web1", "db1", "store1", "mon1"):
+        exporter = [r for r in got[host]["rules"] if r["comment"] == "node exporter from the monitoring hosts only"]
+        assert [(r["ports"], r["sources"], r["units"]) for r in exporter] == [
+            ([9100], ["10.0.0.51/32"], ["prometheus-node-exporter.service"])], (host, got[host]["rules"])
+
+
 # ------------------------------------------------------------------ the inventory only overrides
 
 # variables through which an inventory would copy what a role publishes
