@@ -20,7 +20,7 @@ ansible-lint --profile production -q
 # the on-host tools: Python scripts without .py that the roles install (Debian 12's python3, standard library only)
 tools=(roles/app/files/opsbook-app roles/app/files/opsbook-app-build
        roles/backup/files/opsbook-backup roles/backup/files/opsbook-backup-receive roles/backup/files/opsbook-backup-store
-       roles/common/files/opsbook-lock)
+       roles/common/files/opsbook-lock roles/fail2ban/files/opsbook-fail2ban-metrics)
 step "lint: ruff"
 ruff check src tests benchmarks molecule examples "${tools[@]}" plugins
 step "lint: mypy"

@@ -145,7 +145,7 @@ def test_generated_configs_check_and_target_the_inventory(tmp_path: Path) -> Non
     check = subprocess.run([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 10 rules found" in check.stdout
+    assert "SUCCESS: 12 rules found" in check.stdout
     am = subprocess.run([tool("amtool"), "check-config", str(tmp_path / "alertmanager.yml")],
                         capture_output=True, text=True, timeout=60)
     assert am.returncode == 0, am.stdout + am.stderr

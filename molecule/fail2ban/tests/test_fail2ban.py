@@ -116,6 +116,13 @@ def test_brute_force_from_client_is_banned_then_expires(host, target_ip, client_
     assert not tcp_connects(target_ip, from_client=True)
     assert "f2b-table" in host.check_output("nft list tables")
 
+    # the ban is counted for monitoring (the timer's unit, run now instead of within the minute)
+    host.check_output("systemctl start opsbook-fail2ban-metrics.service")
+    metrics = host.file("/var/lib/prometheus/node-exporter/opsbook_fail2ban.prom").content_string
+    assert "opsbook_fail2ban_up 1" in metrics
+    assert re.search(r'^opsbook_fail2ban_banned\{jail="sshd"\} [1-9]', metrics, re.MULTILINE), metrics
+    assert re.search(r'^opsbook_fail2ban_bans_total\{jail="sshd"\} [1-9]', metrics, re.MULTILINE), metrics
+
     # it expires after bantime (not long before, not long after)
     assert wait_for(lambda: tcp_connects(target_ip, from_client=True), jail["bantime"] + MARGIN, interval=2), \
         "ban did not expire"
@@ -149,6 +156,7 @@ def test_controller_is_never_banned(host, target_ip, wrong_key, jail):
 def test_jail_configuration(host):
     assert host.service("fail2ban").is_running
     assert host.service("fail2ban").is_enabled
+    assert host.service("opsbook-fail2ban-metrics.timer").is_enabled
     # the journal backend (a file backend has no journal match) and the nftables ban action
     assert "_COMM=sshd" in host.check_output("fail2ban-client get sshd journalmatch")
     assert "nftables-multiport" in host.check_output("fail2ban-client get sshd actions")
