@@ -256,3 +256,16 @@ def test_a_rule_file_that_does_not_check_is_never_installed(host: Any, tmp_path:
     assert state(host) == before
     assert not host.file("/etc/prometheus/rules/extra-broken.yml").exists
     assert firing(host) >= {"Watchdog"}  # still evaluating its rules
+
+
+def test_memory_of_the_monitoring_daemons(host: Any) -> None:
+    """Printed for the record (issue 15 asks for Prometheus's RSS): the resident memory of each daemon, in MB."""
+    rss = {}
+    for unit in ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "prometheus-node-exporter"):
+        pid = host.check_output(f"systemctl show --property=MainPID --value {unit}")
+        status = host.check_output(f"cat /proc/{pid}/status")
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        rss[unit] = round(kb / 1024, 1)
+    targets = len(api(host, "targets")["activeTargets"])
+    print(f"RSS MB with {targets} targets scraped every 5 s: {json.dumps(rss)}")
+    assert all(v > 0 for v in rss.values())
