@@ -152,7 +152,7 @@ def collect_play() -> str:
         "roles": roles,
         "tasks": [{"name": "Print it", "ansible.builtin.debug": {"msg": "RESULT {{ {"
                    "'rules': firewall_dependent_rules, 'jails': fail2ban_dependent_jails, "
-                   "'rotations': logrotate_dependent_configs} | to_json }}"}}],
+                   "'filters': fail2ban_dependent_filters, 'rotations': logrotate_dependent_configs} | to_json }}"}}],
     }])
 
 
@@ -174,12 +174,16 @@ def test_each_host_gets_what_its_own_roles_publish(tmp_path: Path) -> None:
     pg = rules["postgresql from the app hosts only"]
     assert (pg["ports"], pg["sources"], pg["units"]) == ([5432], ["10.0.0.11/32"], ["postgresql@15-main.service"])
     assert set(got["web-and-db"]["jails"]) == {"nginx-limit-req", "opsbook-nginx-scan"}
+    # the scanner jail's filter comes with it, as data the fail2ban role writes (the patterns escaped for fail2ban)
+    scan = got["web-and-db"]["filters"]["opsbook-nginx-scan"]
+    assert set(got["web-and-db"]["filters"]) == {"opsbook-nginx-scan"}
+    assert scan["scan_paths"].startswith("(?:\\.env|") and len(scan["failregex"]) == 2
     assert [(c["name"], c["paths"]) for c in got["web-and-db"]["rotations"]] == [
         ("opsbook-nginx", ["/var/log/nginx/*.log"])]
     # nothing of a role the host doesn't run
     assert [r["comment"] for r in got["db-only"]["rules"]] == ["postgresql from the app hosts only"]
-    assert (got["db-only"]["jails"], got["db-only"]["rotations"]) == ({}, [])
-    assert got["store"] == {"rules": [], "jails": {}, "rotations": []}
+    assert (got["db-only"]["jails"], got["db-only"]["filters"], got["db-only"]["rotations"]) == ({}, {}, [])
+    assert got["store"] == {"rules": [], "jails": {}, "filters": {}, "rotations": []}
     # the inventory overrides the publishing role's variable
     assert got["web-overridden"]["rules"] == OFFICE
 
@@ -199,12 +203,23 @@ def test_with_a_monitoring_host_every_host_opens_its_exporter_to_it_alone(tmp_pa
             ([9100], ["10.0.0.51/32"], [])], (host, got[host]["rules"])
 
 
+def test_no_role_writes_into_fail2bans_configuration() -> None:
+    """A role that needs a jail or a filter publishes it (<role>__fail2ban_jails, _filters); only the fail2ban role
+    writes /etc/fail2ban and reloads fail2ban (nginx wrote its filter and reloaded fail2ban itself before)."""
+    found = [f"{f.relative_to(ROOT)}:{n}" for f in sorted(ROOT.glob("roles/*/*/*.yml"))
+             if f.parts[-3] != "fail2ban" and f.parts[-2] in ("tasks", "handlers", "vars")
+             for n, line in enumerate(f.read_text().splitlines(), 1)
+             if not line.lstrip().startswith("#") and ("/etc/fail2ban" in line or "fail2ban-client" in line
+                                                       or "name: fail2ban" in line)]
+    assert found == []
+
+
 # ------------------------------------------------------------------ the inventory only overrides
 
 # variables through which an inventory would copy what a role publishes
 COPIES = ("firewall_rules", "firewall_allowed_tcp_ports", "fail2ban_jails", "fail2ban_extra_jails", "logrotate_configs")
 # a role's published variables: an inventory may override them, but these two inventories need not
-PUBLISHED = ("__firewall_rules", "__fail2ban_jails", "__logrotate_configs")
+PUBLISHED = ("__firewall_rules", "__fail2ban_jails", "__fail2ban_filters", "__logrotate_configs")
 
 
 @pytest.mark.parametrize("inventory", ["example", "lab"])

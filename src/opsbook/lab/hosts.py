@@ -62,7 +62,7 @@ DNS_MGMT_PORT = 8055
 LAB_DOMAIN = "opsbook.test"
 DEFAULT_CERT_SECONDS = 90 * 24 * 3600  # lab hosts are <name>.opsbook.test in the ACME server's mock DNS
 # Bump when the recipe below changes: it is part of the base image's cache key.
-BASE_RECIPE_VERSION = "3"
+BASE_RECIPE_VERSION = "4"
 
 
 class LabError(RuntimeError):
@@ -508,6 +508,10 @@ def _customise_base(root: Path) -> None:
         f"deb {MIRROR} {SUITE}-updates main\n"
         f"deb http://deb.debian.org/debian-security {SUITE}-security main\n"
     )
+    # lab hosts are thrown away, never power-cut: dpkg skips its fsyncs (about 10 % of a package install here, as
+    # Debian's own container images do), and apt fetches no translations
+    (root / "etc/dpkg/dpkg.cfg.d/opsbook-lab-unsafe-io").write_text("force-unsafe-io\n")
+    (root / "etc/apt/apt.conf.d/03opsbook-lab-no-translations").write_text('Acquire::Languages "none";\n')
     # no resolver: lookups fail fast instead of stalling (LAB.md)
     resolv = root / "etc/resolv.conf"
     if resolv.is_symlink() or resolv.exists():
@@ -528,6 +532,16 @@ def _customise_base(root: Path) -> None:
         mask = root / "etc/systemd/system" / unit
         if not mask.exists():
             mask.symlink_to("/dev/null")
+    # the image starts from the point releases and security updates of the day it is built: otherwise every host
+    # booted from it spends its first provisioning on the same upgrades (17 s a host measured)
+    proxy = f"Acquire::http::Proxy=http://127.0.0.1:{APT_PROXY_PORT}"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "-o", proxy, "-q", "update"],
+                ["apt-get", "-o", proxy, "-q", "-y", "-o", "DPkg::Options::=--force-confold", "upgrade"]):
+        res = subprocess.run(["chroot", str(root), *cmd], env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = "\n".join((res.stdout + res.stderr).splitlines()[-20:])
+            raise LabError(f"upgrading the base image failed ({' '.join(cmd[3:])}):\n{tail}")
     run(["chroot", str(root), "apt-get", "clean"], check=False)
 
 
@@ -644,9 +658,27 @@ def wait_ssh(h: Host, timeout: float = 90) -> None:
     raise LabError(f"lab host {h.name} ({h.ip}) did not answer on SSH within {timeout:.0f} s")
 
 
+def _kill_container(pid: int) -> None:
+    """Stop a host whose root is thrown away next: SIGKILL to its init (nspawn's child, PID 1 of the container's PID
+    namespace) ends every process in it at once, and nspawn exits after it. A clean poweroff (SIGTERM to nspawn) took
+    15-45 s a host here, waiting on services' stop timeouts, for a disk that is deleted right after."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    with contextlib.suppress(OSError):
+        for child in children.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:  # nspawn exits when its child is gone
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    if pid_alive(pid):
+        _terminate(pid, 10)
+
+
 def stop_host(h: Host) -> None:
     if pid_alive(h.pid):
-        _terminate(h.pid, 30)
+        _kill_container(h.pid)
     run(["ip", "link", "del", h.veth], check=False) if h.veth else None
     if Path(f"/run/netns/{h.netns}").exists():
         run(["ip", "netns", "del", h.netns], check=False)
