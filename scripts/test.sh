@@ -30,7 +30,8 @@ mypy
 mypy --scripts-are-modules "${tools[@]}"
 mypy plugins/filter  # opsbook's own Jinja filters (strict, as the package)
 step "unit tests"
-pytest -q tests/unit
+# two workers, a module's tests on one (they share module fixtures): 2 cores, and many tests wait on ansible-playbook
+pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/unit
 
 [ "$tier" = fast ] && exit 0
 

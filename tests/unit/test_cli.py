@@ -132,6 +132,8 @@ def test_a_vault_encrypted_extra_vars_file_is_passed_unread(tmp_path: Path) -> N
 def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("OPSBOOK_STATE", str(tmp_path / "state"))
     monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE", raising=False)
+    # a log's width, not a terminal's: pytest-xdist's workers set COLUMNS=80, and the CLI honours COLUMNS
+    monkeypatch.delenv("COLUMNS", raising=False)
     inv = tmp_path / "inv"
     inv.mkdir()
     (inv / "hosts.yml").write_text(LOCAL)
