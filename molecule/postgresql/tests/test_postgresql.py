@@ -42,17 +42,18 @@ def local_psql(host: Any, sql: str, database: str = "postgres") -> str:
     return cmd.stdout.strip()
 
 
-def apply_role(extra_vars: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """Run converge.yml against mol-pg with EXTRA_VARS overriding the scenario's variables, with the postgresql role
-    only: the mongodb and firewall roles of its first play (about 15 s a call) are left out, and nothing here
-    changes what they manage."""
+def apply_role(extra_vars: dict[str, Any], tmp_path: Path,
+               role: str = "postgresql") -> subprocess.CompletedProcess[str]:
+    """Run converge.yml against mol-pg with EXTRA_VARS overriding the scenario's variables, with ROLE only of the roles
+    its first play applies (postgresql, mongodb, firewall: each left out costs 5-15 s a call, and no test here
+    changes what the others manage)."""
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(extra_vars))
     plays = yaml.safe_load((Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml").read_text())
     plays[0]["tasks"] = [t for t in plays[0]["tasks"]
-                         if t.get("ansible.builtin.include_role", {}).get("name") == "postgresql"]
+                         if t.get("ansible.builtin.include_role", {}).get("name") == role]
     assert len(plays[0]["tasks"]) == 1, plays[0]["tasks"]
-    playbook = tmp_path / "converge-postgresql.yml"
+    playbook = tmp_path / f"converge-{role}.yml"
     playbook.write_text(yaml.safe_dump(plays))
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-v", "-i", os.environ["MOLECULE_INVENTORY_FILE"],

@@ -347,24 +347,27 @@ def stop_infra(name: str) -> None:
     _infra_pidfile(name).unlink(missing_ok=True)
 
 
+def _wait_exit(pid: int, seconds: float) -> bool:
+    """Wait up to SECONDS for PID to exit (reaping it if it is our child); True when it is gone."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def _terminate(pid: int, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not pid_alive(pid):
-            return
-        time.sleep(0.2)
+    if _wait_exit(pid, grace):
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    for _ in range(50):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not pid_alive(pid):
-            return
-        time.sleep(0.1)
+    _wait_exit(pid, 5)
 
 
 # --------------------------------------------------------------------------- ACME server (Pebble)
@@ -536,12 +539,9 @@ def _customise_base(root: Path) -> None:
     # booted from it spends its first provisioning on the same upgrades (17 s a host measured)
     proxy = f"Acquire::http::Proxy=http://127.0.0.1:{APT_PROXY_PORT}"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "-o", proxy, "-q", "update"],
-                ["apt-get", "-o", proxy, "-q", "-y", "-o", "DPkg::Options::=--force-confold", "upgrade"]):
-        res = subprocess.run(["chroot", str(root), *cmd], env=env, capture_output=True, text=True)
-        if res.returncode != 0:
-            tail = "\n".join((res.stdout + res.stderr).splitlines()[-20:])
-            raise LabError(f"upgrading the base image failed ({' '.join(cmd[3:])}):\n{tail}")
+    run(["chroot", str(root), "apt-get", "-o", proxy, "-q", "update"], env=env)
+    run(["chroot", str(root), "apt-get", "-o", proxy, "-q", "-y", "-o", "DPkg::Options::=--force-confold", "upgrade"],
+        env=env)
     run(["chroot", str(root), "apt-get", "clean"], check=False)
 
 
@@ -667,12 +667,7 @@ def _kill_container(pid: int) -> None:
         for child in children.read_text().split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(child), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:  # nspawn exits when its child is gone
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    if pid_alive(pid):
+    if not _wait_exit(pid, 10):  # nspawn exits when its child is gone
         _terminate(pid, 10)
 
 
