@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from opsbook import __version__
-from opsbook.commands import backup, deploy, drill, provision, status
+from opsbook.commands import backup, deploy, drill, init, provision, status
 
 # The lab's verbs (opsbook.lab: local tooling, never needed against real hosts): their modules are imported only when
 # one of them is the verb, so no other verb loads the lab (tests/unit/test_boundary.py).
@@ -44,6 +44,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  opsbook demo                        everything, end to end, on the lab\n"
+            "  opsbook init inventories/prod --web vm1=203.0.113.10 ...   an inventory for your own hosts\n"
             "  opsbook lab up                      boot the local lab hosts\n"
             "  opsbook provision                   harden every lab host\n"
             "  opsbook provision --check           show what would change, change nothing\n"
@@ -60,6 +61,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"opsbook {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    init.register(sub, _Formatter)
     provision.register(sub, _Formatter)
     deploy.register(sub, _Formatter)
     backup.register(sub, _Formatter)

@@ -43,8 +43,9 @@ class LabEnv:
         return run_opsbook(*args, "-i", str(self.inventory), timeout=timeout)
 
 
-def run_opsbook(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OPSBOOK_ROOT=str(ROOT), NO_COLOR="1", COLUMNS="200")
+def run_opsbook(*args: str, timeout: float = 1800,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OPSBOOK_ROOT=str(ROOT), NO_COLOR="1", COLUMNS="200", **(env or {}))
     return subprocess.run([shutil.which("opsbook") or "opsbook", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
 

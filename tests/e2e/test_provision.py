@@ -179,14 +179,18 @@ def ssh_as(env: LabEnv, user: str, key: Path, cmd: str) -> subprocess.CompletedP
                            f"{user}@{env.ip('e2e-web')}", cmd], capture_output=True, text=True, timeout=60)
 
 
+def cloud_admin(env: LabEnv) -> None:
+    """A cloud image's first user: 'admin' with the operator's key and sudo through sudoers, not in group sudo."""
+    env.ssh("e2e-web", "id admin >/dev/null 2>&1 || useradd -m -s /bin/bash admin; "
+            "install -d -o admin -g admin -m 0700 ~admin/.ssh; "
+            f"echo '{LAB_KEY.with_suffix('.pub').read_text().strip()}' > ~admin/.ssh/authorized_keys; "
+            "chown admin:admin ~admin/.ssh/authorized_keys; "
+            "echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; "
+            "chmod 0440 /etc/sudoers.d/90-cloud-init-users")
+
+
 def test_example_inventory_provisions_and_its_accounts_log_in(provisioned: LabEnv, tmp_path: Path) -> None:
-    # a cloud image's first user: 'admin' with the operator's key and sudo through sudoers, not in group sudo
-    provisioned.ssh("e2e-web", "id admin >/dev/null 2>&1 || useradd -m -s /bin/bash admin; "
-                    "install -d -o admin -g admin -m 0700 ~admin/.ssh; "
-                    f"echo '{LAB_KEY.with_suffix('.pub').read_text().strip()}' > ~admin/.ssh/authorized_keys; "
-                    "chown admin:admin ~admin/.ssh/authorized_keys; "
-                    "echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users; "
-                    "chmod 0440 /etc/sudoers.d/90-cloud-init-users")
+    cloud_admin(provisioned)
     inv = example_inventory(tmp_path, provisioned)
     res = run_opsbook("provision", "-i", str(inv))
     assert res.returncode == 0, f"provision with the example inventory failed:\n{outcome(res)}"
@@ -234,3 +238,42 @@ def test_example_inventory_provisions_and_its_accounts_log_in(provisioned: LabEn
     assert "postgresql from the app hosts only" in rules.stdout, rules.stdout
     jails = ssh_as(provisioned, "admin", LAB_KEY, "sudo -n fail2ban-client status")
     assert "nginx-limit-req" in jails.stdout and "opsbook-nginx-scan" in jails.stdout, jails.stdout + jails.stderr
+
+
+WHO_AND_TLS = "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def test_an_inventory_from_opsbook_init_provisions_the_host(provisioned: LabEnv, tmp_path: Path) -> None:
+    """issue 12: `opsbook init` scaffolds what a newcomer provisions with (docs/getting-started.md). Here the lab host
+    stands in for their VM: the scaffold as written, plus a host_vars file with what only the lab needs (its ACME
+    server and CA, its SSH key and known_hosts)."""
+    cloud_admin(provisioned)  # the connection user the scaffold names (after a first run as root, or a cloud image's)
+    inv, password_file = tmp_path / "mine", tmp_path / "vault-pass"
+    res = run_opsbook("init", str(inv), "--web", f"e2e-web={provisioned.ip('e2e-web')}",
+                      "--domain", "e2e-web.opsbook.test", "--email", "ops@opsbook.test",
+                      "--admin-key", str(LAB_KEY.with_suffix(".pub")), "--vault-password-file", str(password_file))
+    assert res.returncode == 0, outcome(res)
+    (inv / "host_vars").mkdir()
+    (inv / "host_vars" / "e2e-web.yml").write_text(yaml.safe_dump({
+        "ansible_ssh_private_key_file": str(LAB_KEY),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts()} -o StrictHostKeyChecking=yes",
+        "acme_directory_url": "https://10.213.0.1:14000/dir",
+        "acme_ca_bundle": "{{ lookup('ansible.builtin.file', '/var/lib/opsbook/lab/pebble/ca.pem') }}",
+        "fail2ban_ignoreip": ["10.213.0.1/32"], **FAST}))
+    res = run_opsbook("provision", "-i", str(inv), env={"ANSIBLE_VAULT_PASSWORD_FILE": str(password_file)})
+    assert res.returncode == 0, f"provision with the scaffold failed:\n{outcome(res)}"
+    # the scaffold's own values reached the host: the backup key it generated (the recipient), the database
+    # password it generated (the app account logs in with it, over TLS, as the app would), the admin account
+    recipient = yaml.safe_load((inv / "group_vars" / "db" / "backup.yml").read_text())["backup_age_recipients"]
+    config = ssh_as(provisioned, "admin", LAB_KEY, "sudo -n cat /etc/opsbook/backup/app.json")
+    assert config.returncode == 0 and json.loads(config.stdout)["age_recipients"] == recipient, config.stderr
+    vault = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "view", "--vault-password-file",
+                            str(password_file), str(inv / "group_vars" / "all" / "vault.yml")],
+                           capture_output=True, text=True, check=True).stdout
+    password = yaml.safe_load(vault)["vault_postgresql_app_password"]
+    ip = provisioned.ip("e2e-web")
+    conninfo = f"host={ip} dbname=app user=app sslmode=verify-full sslrootcert=/etc/opsbook/postgresql-ca.crt"
+    login = ssh_as(provisioned, "admin", LAB_KEY, f"PGPASSWORD='{password}' psql '{conninfo}' -Atc '{WHO_AND_TLS}'")
+    assert login.returncode == 0 and login.stdout.strip() == "app|t", login.stdout + login.stderr
+    root = ssh_as(provisioned, "root", LAB_KEY, "true")
+    assert root.returncode == 255 and "Permission denied" in root.stderr

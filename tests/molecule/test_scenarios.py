@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+# Longest first (molecule test, seconds measured on 2 cores, 2026-12-01: acme 419, backup 408, monitoring 365,
+# postgresql 317, nginx 305, fail2ban 183, the others less): pytest-xdist hands scopes out in collection order, each
+# worker holding one in reserve, so a long scenario collected last would run alone while the other worker idles.
+LONGEST_FIRST = ("acme", "backup", "monitoring", "postgresql", "nginx", "app", "fail2ban")
+SCENARIOS = sorted((p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml")),
+                   key=lambda name: (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST), name))
 
 pytestmark = pytest.mark.lab
 

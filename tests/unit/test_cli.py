@@ -37,6 +37,7 @@ def test_usage_errors_exit_1_not_2(capsys: pytest.CaptureFixture[str]) -> None:
 MINIMAL = {
     "provision": [], "deploy": ["1.0.0"], "rollback": [], "releases": [], "backup": ["list"], "drill": [],
     "status": [], "demo": [],
+    "init": ["inv", "--web", "web1", "--domain", "shop.example.com", "--email", "ops@example.com", "--admin-key", "k"],
     "lab up": ["web1"], "lab down": ["web1"], "lab restart": ["web1"], "lab status": [], "lab ssh": ["web1"],
 }
 PLAYBOOK_VERBS = ["provision", "deploy", "rollback", "releases", "backup", "drill", "status"]
