@@ -257,6 +257,35 @@ def test_deploy_hook_never_reloads_a_config_that_fails_nginx_t(host):
     assert wait_for(lambda: worker_pids(host) != workers, 15)  # control: a good config is reloaded
 
 
+# --------------------------------------------------------------------------- the expiry, per name, for monitoring
+
+METRICS = "/var/lib/prometheus/node-exporter/opsbook_acme.prom"  # converge.yml: acme_metrics_file
+SERIES = re.compile(r'^opsbook_certificate_expiry_timestamp_seconds\{lineage="([^"]+)",name="([^"]+)"\} (\d+)$', re.M)
+
+
+def published(host):
+    """{(lineage, name): expiry} from the acme role's textfile."""
+    return {(m[1], m[2]): int(m[3]) for m in SERIES.finditer(host.file(METRICS).content_string)}
+
+
+def live_expiry(host):
+    out = host.check_output(f"date -u -d \"$(openssl x509 -noout -enddate -in /etc/letsencrypt/live/{NAME}/cert.pem"
+                            " | cut -d= -f2-)\" +%s")
+    return int(out)
+
+
+def test_the_expiry_of_each_name_is_published_and_follows_every_renewal(host):
+    assert host.file(METRICS).mode == 0o644  # the node exporter reads it as its own user
+    first = published(host)
+    assert set(first) == {(NAME, NAME)}, host.file(METRICS).content_string
+    # certbot.timer renews the 2-minute certificate every 30 s here; the deploy hook rewrites the file each time
+    later = wait_for(lambda: (p := published(host)) and p.get((NAME, NAME), 0) > first[(NAME, NAME)], 90, interval=2)
+    assert later, f"the published expiry stayed at {first} for 90 s of renewals"
+    # and it is the certificate certbot keeps (renewals go on: until both read the same one)
+    assert wait_for(lambda: published(host).get((NAME, NAME)) == live_expiry(host), 30, interval=1), (
+        published(host), live_expiry(host))
+
+
 # --------------------------------------------------------------------------- certbot runs only when needed
 
 
