@@ -269,7 +269,7 @@ def test_an_inventory_from_opsbook_init_provisions_the_host(provisioned: LabEnv,
     # password it generated (the app account logs in with it, over TLS, as the app would), the admin account
     recipient = yaml.safe_load((inv / "group_vars" / "db" / "backup.yml").read_text())["backup_age_recipients"]
     config = ssh_as(provisioned, "admin", LAB_KEY, "sudo -n cat /etc/opsbook/backup/app.json")
-    assert config.returncode == 0 and json.loads(config.stdout)["age_recipients"] == recipient, config.stderr
+    assert config.returncode == 0 and json.loads(config.stdout)["store"]["age_recipients"] == recipient, config.stderr
     vault = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "view", "--vault-password-file",
                             str(password_file), str(inv / "group_vars" / "all" / "vault.yml")],
                            capture_output=True, text=True, check=True).stdout
