@@ -197,20 +197,23 @@ def run(args: argparse.Namespace) -> int:
                 f"{before} -> {served}; under wrk -c32: {int(wrk.figures['requests'])} requests, {wrk.failed} failed")
 
     def corrupt() -> tuple[bool, str]:
-        # a copy of the newest dump with one byte flipped, verified like any backup
+        # a copy of the newest dump with one byte flipped, under an older dump's name beside the real ones (the tool
+        # takes only the plain name of a dump in its directory), verified like any backup: it must fail on the
+        # checksum, not on anything else, and the newest good backup must stay the newest good one
         script = (
             "set -e; d=/var/lib/opsbook/backup; f=$(ls -1 $d/*.dump | tail -n 1); b=$(basename $f .dump); "
-            "cp $f /var/tmp/$b-damaged.dump; cp $d/$b.manifest.json /var/tmp/$b-damaged.manifest.json; "
-            "printf '\\377' | dd of=/var/tmp/$b-damaged.dump bs=1 seek=200 conv=notrunc status=none; "
-            "/usr/local/sbin/opsbook-backup verify /var/tmp/$b-damaged.dump; rc=$?; exit $rc"
+            "x=${b%-*}-20000101T000000Z; cp $f $d/$x.dump; cp $d/$b.manifest.json $d/$x.manifest.json; "
+            "printf '\\377' | dd of=$d/$x.dump bs=1 seek=200 conv=notrunc status=none; "
+            "/usr/local/sbin/opsbook-backup verify $x.dump"
         )
-        res = _ssh(db().name, script.replace("; rc=$?; exit $rc", ""))
+        res = _ssh(db().name, script)
         out = (res.stdout + res.stderr).strip().splitlines()
         listing = _ssh(db().name, "/usr/local/sbin/opsbook-backup list --json")
         latest_ok = '"latest_good": true' in listing.stdout
-        _ssh(db().name, "rm -f /var/tmp/*-damaged.*")
-        return res.returncode != 0 and latest_ok, f"verify exit {res.returncode}: {out[-1] if out else ''}; " \
-            f"latest good backup unchanged"
+        _ssh(db().name, "rm -f /var/lib/opsbook/backup/*-20000101T000000Z.*")
+        detected = res.returncode != 0 and any("sha256" in line and "differs from the manifest" in line for line in out)
+        return detected and latest_ok, f"verify exit {res.returncode}: {out[-1] if out else ''}; " \
+            f"latest good backup {'unchanged' if latest_ok else 'LOST'}"
 
     def status() -> tuple[bool, str]:
         r = demo.play("status.yml", "status", quiet=True)
