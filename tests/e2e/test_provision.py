@@ -126,22 +126,26 @@ def test_bad_input_stops_before_any_change(provisioned: LabEnv) -> None:
 LAB_KEY = lab.ssh_key()
 
 
+def lab_only_vars() -> dict[str, object]:
+    """What a production inventory would not say, for a lab host: its SSH key and known_hosts, the lab's ACME server
+    and CA, the controller never banned, and the FAST settings."""
+    return {
+        "ansible_ssh_private_key_file": str(LAB_KEY),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts()} -o StrictHostKeyChecking=yes",
+        "acme_directory_url": "https://10.213.0.1:14000/dir",
+        "acme_ca_bundle": "{{ lookup('ansible.builtin.file', '/var/lib/opsbook/lab/pebble/ca.pem') }}",
+        "fail2ban_ignoreip": ["10.213.0.1/32"],
+        **FAST,
+    }
+
+
 def example_inventory(tmp_path: Path, env: LabEnv) -> Path:
     """inventories/example with the lab's addresses and ACME server, test keys and test secrets (no vault)."""
     inv = tmp_path / "example"
     shutil.copytree(ROOT / "inventories" / "example", inv)
     # host variables: they beat the example's group_vars (addresses, the lab's ACME server and SSH trust; the lab's
     # key is the admin's key, in the example placeholder's place below)
-    host = {
-        "ansible_host": env.ip("e2e-web"),
-        "ansible_ssh_private_key_file": str(LAB_KEY),
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts()} -o StrictHostKeyChecking=yes",
-        "nginx_server_names": ["e2e-web.opsbook.test"],
-        "acme_directory_url": "https://10.213.0.1:14000/dir",
-        "acme_ca_bundle": "{{ lookup('ansible.builtin.file', '/var/lib/opsbook/lab/pebble/ca.pem') }}",
-        "fail2ban_ignoreip": ["10.213.0.1/32"],
-        **FAST,
-    }
+    host = {"ansible_host": env.ip("e2e-web"), "nginx_server_names": ["e2e-web.opsbook.test"], **lab_only_vars()}
     (inv / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
         "web": {"hosts": {"e2e-web": host}}, "db": {"hosts": {"e2e-web": None}},
         "backup_store": {"hosts": {"e2e-web": None}}}}}))
@@ -257,12 +261,7 @@ def test_an_inventory_from_opsbook_init_provisions_the_host(provisioned: LabEnv,
                       "--admin-key", str(LAB_KEY.with_suffix(".pub")), "--vault-password-file", str(password_file))
     assert res.returncode == 0, outcome(res)
     (inv / "host_vars").mkdir()
-    (inv / "host_vars" / "e2e-web.yml").write_text(yaml.safe_dump({
-        "ansible_ssh_private_key_file": str(LAB_KEY),
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts()} -o StrictHostKeyChecking=yes",
-        "acme_directory_url": "https://10.213.0.1:14000/dir",
-        "acme_ca_bundle": "{{ lookup('ansible.builtin.file', '/var/lib/opsbook/lab/pebble/ca.pem') }}",
-        "fail2ban_ignoreip": ["10.213.0.1/32"], **FAST}))
+    (inv / "host_vars" / "e2e-web.yml").write_text(yaml.safe_dump(lab_only_vars()))
     res = run_opsbook("provision", "-i", str(inv), env={"ANSIBLE_VAULT_PASSWORD_FILE": str(password_file)})
     assert res.returncode == 0, f"provision with the scaffold failed:\n{outcome(res)}"
     # the scaffold's own values reached the host: the backup key it generated (the recipient), the database

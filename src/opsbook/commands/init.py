@@ -163,8 +163,7 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
     for tool in ("age-keygen", "ansible-vault"):
         if not _which(tool):
             raise SystemExit(f"opsbook init: {tool} not found (apt install age; ansible-vault comes with opsbook)")
-    return {"target": target, "web": web, "db": db, "store": store, "addresses": addresses, "key": key,
-            "password_file": password_file}
+    return {"target": target, "web": web, "db": db, "store": store, "key": key, "password_file": password_file}
 
 
 def _which(tool: str) -> str | None:
